@@ -1,0 +1,102 @@
+"""`relm build INPUT... --out DS`: read, chunk, encode and store a corpus."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import DEFAULT_ENCODER, DEFAULT_TOKENIZER, BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "build",
+        help="build a datastore from corpus files",
+        description="Build (or resume) a datastore: JSONL (.gz/.zst), plain text or Parquet files, "
+        "directories or globs -> passages or token chunks -> float16 embeddings + metadata.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs")
+    p.add_argument("--out", "-o", required=True, metavar="DS", help="datastore directory to create or resume")
+    chunk = p.add_mutually_exclusive_group()
+    chunk.add_argument("--chunk-words", type=int, metavar="N", help="passage mode: at most N words (default 256)")
+    chunk.add_argument("--chunk-tokens", type=int, metavar="M", help="token mode (RETRO): chunks of M tokens")
+    p.add_argument("--min-words", type=int, default=ChunkConfig.min_words,
+                   help="passage mode: a shorter tail is merged into the previous passage")
+    p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                   help="token mode: 'smollm2', a local HF tokenizer directory or a .gguf file")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help="sentence-transformers model name/dir, or a local HF encoder dir (mean pooling)")
+    p.add_argument("--no-normalize", action="store_true", help="store raw (not unit-length) embeddings")
+    p.add_argument("--max-seq-length", type=int, help="encoder truncation in tokens (default: the model's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="encoder batch size")
+    p.add_argument("--shard-size", type=int, default=BuildConfig.shard_size,
+                   help="passages per embedding shard (the unit of resumption)")
+    p.add_argument("--domain", action="append", default=[], metavar="D",
+                   help="domain label: once for all inputs, or once per input (overrides the domain field)")
+    p.add_argument("--text-field", default=ReaderConfig.text_field, help="JSONL/Parquet text field")
+    p.add_argument("--id-field", default=ReaderConfig.id_field, help="document id field (else file:line)")
+    p.add_argument("--title-field", default=ReaderConfig.title_field)
+    p.add_argument("--domain-field", default=ReaderConfig.domain_field)
+    p.add_argument("--timestamp-field", default=ReaderConfig.timestamp_field,
+                   help="seconds since the epoch or ISO 8601")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "text", "parquet"],
+                   help="input format (auto: from the file name)")
+    p.add_argument("--text-split", default="file", choices=["file", "blank-line"],
+                   help="plain text: one document per file or per blank-line-separated block")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="bad input: stop with an error, or skip it and count it in the build stats")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing datastore at --out")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args) -> BuildConfig:
+    if args.chunk_tokens is not None:
+        chunk = ChunkConfig(mode="tokens", chunk_tokens=args.chunk_tokens, tokenizer=args.tokenizer)
+    else:
+        chunk = ChunkConfig(
+            mode="words",
+            max_words=args.chunk_words if args.chunk_words is not None else ChunkConfig.max_words,
+            min_words=args.min_words,
+        )
+    return BuildConfig(
+        reader=ReaderConfig(
+            text_field=args.text_field,
+            id_field=args.id_field,
+            title_field=args.title_field,
+            domain_field=args.domain_field,
+            timestamp_field=args.timestamp_field,
+            text_split=args.text_split,
+            format=args.format,
+            domains=tuple(args.domain),
+            on_error=args.on_error,
+        ),
+        chunk=chunk,
+        encoder=EncoderConfig(
+            model=args.encoder,
+            normalize=not args.no_normalize,
+            max_seq_length=args.max_seq_length,
+            device=args.device,
+        ),
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+    )
+
+
+def run(args) -> int:
+    from ..datastore import build_datastore
+
+    ds = build_datastore(args.inputs, args.out, config_from_args(args), overwrite=args.overwrite,
+                         show_progress=args.progress)
+    info = ds.info()
+    c, read = info["counts"], ds.manifest["build"]["read"]
+    line = (f"built {ds.root}: {c['documents']:,} documents, {c['passages']:,} passages, {c['words']:,} words"
+            + (f", {c['tokens']:,} tokens" if c["tokens"] else "")
+            + f"; {info['bytes_per_passage_beyond_text']:.1f} bytes/passage beyond text")
+    if read["skipped_total"]:
+        line += f"; skipped {read['skipped_total']} ({', '.join(f'{k}: {v}' for k, v in read['skipped'].items())})"
+    print(line)
+    return 0

@@ -1,0 +1,367 @@
+"""Corpus readers: JSONL (plain, .gz, .zst), plain text and Parquet, from files, directories and globs.
+
+`resolve_inputs` turns what the user typed into a sorted list of `InputFile`s
+(failing loudly on a missing path or a glob that matches nothing), and
+`read_documents` streams `Document`s out of them.
+
+Bad input never disappears silently. With `on_error="raise"` the first problem
+stops the read with an `InputError` naming the file and line; with
+`on_error="skip"` the bad line (or file) is skipped and counted by reason in
+`ReadStats`, and the first few locations are kept for the build stats.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import logging
+import os
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ..config import ReaderConfig
+from ..errors import InputError
+from .documents import Document, parse_timestamp
+
+log = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
+PARQUET_SUFFIXES = (".parquet",)
+COMPRESSIONS = (".gz", ".zst")
+MAX_EXAMPLES = 20  # skipped locations kept in the build stats
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: Path
+    display: str  # the path as shown in messages and generated ids
+    format: str  # jsonl | text | parquet
+    compression: str | None  # gz | zst | None
+    domain: str  # the label for documents without a domain field
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    documents: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    skipped_examples: list[str] = field(default_factory=list)
+    bytes_done: int = 0  # raw (compressed) bytes of input consumed so far
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "documents": self.documents,
+            "skipped": dict(sorted(self.skipped.items())),
+            "skipped_total": sum(self.skipped.values()),
+            "skipped_examples": list(self.skipped_examples),
+        }
+
+
+def detect_format(path: Path, forced: str = "auto") -> tuple[str, str | None] | None:
+    """(format, compression) from the file name, or None when the name is not a known corpus file."""
+    name = path.name.lower()
+    compression = None
+    for c in COMPRESSIONS:
+        if name.endswith(c):
+            compression = c[1:]
+            name = name[: -len(c)]
+            break
+    if forced != "auto":
+        return forced, compression
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl", compression
+    if name.endswith(TEXT_SUFFIXES):
+        return "text", compression
+    if name.endswith(PARQUET_SUFFIXES) and compression is None:
+        return "parquet", None
+    return None
+
+
+def _label_from_name(path: Path) -> str:
+    name = path.name
+    for suffix in (*COMPRESSIONS, *JSONL_SUFFIXES, *TEXT_SUFFIXES, *PARQUET_SUFFIXES):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or path.name
+
+
+def resolve_inputs(paths: list[str | os.PathLike], config: ReaderConfig = ReaderConfig()) -> list[InputFile]:
+    """Expand files, directories (recursively) and globs into a deterministic list of input files."""
+    if not paths:
+        raise InputError("<inputs>", None, "missing", "no input given; pass files, directories or globs")
+    if config.domains and len(config.domains) not in (1, len(paths)):
+        raise InputError(
+            "<inputs>",
+            None,
+            "bad_domain",
+            f"--domain given {len(config.domains)} times for {len(paths)} inputs; "
+            "give it once (for all inputs) or once per input",
+        )
+    out: list[InputFile] = []
+    for i, raw in enumerate(paths):
+        label = None
+        if config.domains:
+            label = config.domains[0] if len(config.domains) == 1 else config.domains[i]
+        raw = str(raw)
+        if glob.has_magic(raw):
+            matches = sorted(glob.glob(raw, recursive=True))
+            if not matches:
+                raise InputError(raw, None, "missing", "glob matches no file")
+            candidates = [Path(m) for m in matches if Path(m).is_file()]
+            explicit = False
+        else:
+            p = Path(raw)
+            if not p.exists():
+                raise InputError(raw, None, "missing", "no such file or directory")
+            if p.is_dir():
+                candidates = sorted(q for q in p.rglob("*") if q.is_file() and not _hidden(q.relative_to(p)))
+                explicit = False
+            else:
+                candidates = [p]
+                explicit = True
+        ignored = 0
+        for c in candidates:
+            fmt = detect_format(c, config.format)
+            if fmt is None:
+                if explicit:
+                    raise InputError(
+                        str(c),
+                        None,
+                        "unknown_format",
+                        "unknown file type; name it .jsonl[.gz|.zst], .txt[.gz|.zst] or .parquet, or pass --format",
+                    )
+                ignored += 1
+                continue
+            out.append(InputFile(c, str(c), fmt[0], fmt[1], label or _label_from_name(c)))
+        if ignored:
+            log.warning("%s: ignored %d file(s) with unknown extensions", raw, ignored)
+    if not out:
+        raise InputError(", ".join(map(str, paths)), None, "missing", "no corpus files found")
+    return out
+
+
+def _hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def read_documents(
+    inputs: list[InputFile], config: ReaderConfig = ReaderConfig(), stats: ReadStats | None = None
+) -> Iterator[Document]:
+    """Stream documents from the inputs in order, applying the error policy."""
+    stats = stats if stats is not None else ReadStats()
+    done_before = 0
+    for inp in inputs:
+        stats.files += 1
+        n_before, skipped_before = stats.documents, sum(stats.skipped.values())
+        try:
+            size = inp.path.stat().st_size
+            if size == 0:
+                raise InputError(inp.display, None, "empty_file", "file is empty")
+            with open(inp.path, "rb") as raw:
+                reader = {"jsonl": _read_jsonl, "text": _read_text, "parquet": _read_parquet}[inp.format]
+                for doc in reader(inp, raw, config, stats):
+                    stats.documents += 1
+                    stats.bytes_done = done_before + raw.tell()
+                    yield doc
+            if stats.documents == n_before and sum(stats.skipped.values()) == skipped_before:
+                raise InputError(inp.display, None, "empty_file", "file holds no documents")
+        except InputError as e:
+            _handle(e, config, stats)
+        except OSError as e:
+            _handle(InputError(inp.display, None, "unreadable", f"cannot read: {e}"), config, stats)
+        done_before += inp.path.stat().st_size if inp.path.exists() else 0
+        stats.bytes_done = done_before
+
+
+def _handle(error: InputError, config: ReaderConfig, stats: ReadStats) -> None:
+    if config.on_error == "raise":
+        raise error
+    stats.skipped[error.reason] += 1
+    if len(stats.skipped_examples) < MAX_EXAMPLES:
+        stats.skipped_examples.append(str(error))
+    log.warning("skipped %s", error)
+
+
+def _open_stream(inp: InputFile, raw: BinaryIO) -> BinaryIO:
+    if inp.compression == "gz":
+        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 20)
+    if inp.compression == "zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), buffer_size=1 << 20)
+    return raw
+
+
+def _lines(inp: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines; a corrupt compressed stream becomes an InputError at its line."""
+    stream = _open_stream(inp, raw)
+    lineno = 0
+    try:
+        for lineno, line in enumerate(stream, 1):  # noqa: B007 (lineno used after the loop)
+            yield lineno, line
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(inp.display, lineno + 1, "corrupt_file", f"corrupt {inp.compression} stream: {e}") from e
+    except Exception as e:  # zstandard.ZstdError does not derive from OSError
+        if type(e).__name__ == "ZstdError":
+            raise InputError(inp.display, lineno + 1, "corrupt_file", f"corrupt zst stream: {e}") from e
+        raise
+
+
+def _decode(inp: InputFile, lineno: int, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            inp.display,
+            lineno,
+            "non_utf8",
+            f"invalid UTF-8 at byte {e.start} of the line ({data[max(0, e.start - 10) : e.start + 10]!r}); "
+            "re-encode the file as UTF-8 or pass --on-error skip",
+        ) from e
+
+
+def _read_jsonl(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: ReadStats) -> Iterator[Document]:
+    for lineno, line in _lines(inp, raw):
+        try:
+            text = _decode(inp, lineno, line)
+            if not text.strip():
+                continue  # blank lines are separators, not data
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise InputError(
+                    inp.display, lineno, "bad_json", f"malformed JSON ({e.msg} at column {e.colno})"
+                ) from e
+            if not isinstance(obj, dict):
+                raise InputError(
+                    inp.display, lineno, "bad_json", f"expected a JSON object, got {type(obj).__name__}"
+                )
+            yield _document(inp, lineno, f"{inp.display}:{lineno}", obj, config)
+        except InputError as e:
+            _handle(e, config, stats)
+
+
+def _read_text(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: ReadStats) -> Iterator[Document]:
+    if config.text_split == "file":
+        lines = []
+        for lineno, line in _lines(inp, raw):
+            lines.append(_decode(inp, lineno, line))
+        text = "".join(lines)
+        if not text.strip():
+            raise InputError(inp.display, None, "empty_text", "file holds only whitespace")
+        yield _document(inp, None, inp.display, {config.text_field: text}, config)
+        return
+    # one document per block of non-blank lines
+    block: list[str] = []
+    start = 0
+    for lineno, line in _lines(inp, raw):
+        try:
+            s = _decode(inp, lineno, line)
+        except InputError as e:
+            _handle(e, config, stats)
+            block, start = [], 0  # the block with the bad line is dropped whole (and counted)
+            continue
+        if s.strip():
+            if not block:
+                start = lineno
+            block.append(s)
+        elif block:
+            yield _document(inp, start, f"{inp.display}:{start}", {config.text_field: "".join(block)}, config)
+            block = []
+    if block:
+        yield _document(inp, start, f"{inp.display}:{start}", {config.text_field: "".join(block)}, config)
+
+
+def _read_parquet(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: ReadStats) -> Iterator[Document]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(raw)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(inp.display, None, "corrupt_file", f"not a readable Parquet file: {e}") from e
+    columns = pf.schema_arrow.names
+    if config.text_field not in columns:
+        raise InputError(
+            inp.display,
+            None,
+            "missing_text",
+            f"no column {config.text_field!r} (columns: {', '.join(columns)}); pass --text-field",
+        )
+    row = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for obj in batch.to_pylist():
+            row += 1
+            try:
+                yield _document(inp, row, f"{inp.display}:row {row}", obj, config)
+            except InputError as e:
+                _handle(e, config, stats)
+
+
+def _document(inp: InputFile, line: int | None, source: str, obj: dict, config: ReaderConfig) -> Document:
+    """Build a Document from one record, checking every field it uses."""
+    if config.text_field not in obj:
+        fields = ", ".join(sorted(obj)) or "none"
+        raise InputError(
+            inp.display, line, "missing_text", f"no field {config.text_field!r} (fields: {fields}); pass --text-field"
+        )
+    text = obj[config.text_field]
+    if not isinstance(text, str):
+        raise InputError(
+            inp.display, line, "bad_text", f"field {config.text_field!r} is {type(text).__name__}, not a string"
+        )
+    if not text.strip():
+        raise InputError(inp.display, line, "empty_text", f"field {config.text_field!r} is empty")
+    raw_id = obj.get(config.id_field)
+    if raw_id is None:
+        doc_id = source
+    elif isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
+        doc_id = str(raw_id)
+    else:
+        raise InputError(inp.display, line, "bad_id", f"field {config.id_field!r} must be a non-empty string or int")
+    # an explicit --domain wins over the field, which wins over the file name
+    domain = inp.domain
+    if not config.domains:
+        value = obj.get(config.domain_field)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(inp.display, line, "bad_domain", f"field {config.domain_field!r} must be a string")
+            domain = value
+    title = obj.get(config.title_field)
+    if title is not None and not isinstance(title, str):
+        title = str(title)
+    try:
+        timestamp = parse_timestamp(obj.get(config.timestamp_field))
+    except (ValueError, OverflowError) as e:
+        raise InputError(
+            inp.display,
+            line,
+            "bad_timestamp",
+            f"field {config.timestamp_field!r}: {e}; use seconds since the epoch or ISO 8601",
+        ) from e
+    used = {config.text_field, config.id_field, config.domain_field, config.title_field, config.timestamp_field}
+    metadata = {k: _jsonable(v) for k, v in obj.items() if k not in used}
+    return Document(text, doc_id, domain, source, title, timestamp, metadata)
+
+
+def _jsonable(value: Any) -> Any:
+    """Parquet rows may carry dates, bytes or decimals; store them as JSON-safe values."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

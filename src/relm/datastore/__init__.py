@@ -1,0 +1,7 @@
+"""The datastore: one directory with a manifest beside memory-mapped arrays."""
+
+from .build import build_datastore
+from .layout import FORMAT_VERSION, read_manifest
+from .store import Datastore, Hit
+
+__all__ = ["FORMAT_VERSION", "Datastore", "Hit", "build_datastore", "read_manifest"]

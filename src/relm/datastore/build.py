@@ -1,0 +1,508 @@
+"""Streaming, resumable, atomic datastore builds.
+
+Documents stream from the readers through the chunker into a buffer of at most
+`shard_size` passages. A full buffer is one *shard*: its passages are encoded
+(one `encode` call, so batches are length-sorted as in sentence-transformers),
+its embeddings written as `embeddings/shard-NNNNN.npy` and its passage text,
+offsets, document records and tokens into `.build/shard-NNNNN/`, and then a
+`done.json` marker. Memory is bounded by the shard (and the encoder's batch), not
+by the corpus.
+
+A rerun of the same command re-reads the corpus (cheap next to encoding), skips
+every shard whose marker exists and continues from the first unfinished one.
+When all shards are done, `finalize` concatenates the staged pieces into the
+datastore's arrays, writes `manifest.json` last and removes `.build/`. Every
+file goes through a temporary name and `os.replace`, so a build killed at any
+point resumes to a byte-identical datastore (only `stats.json`, which holds
+wall-clock timings, differs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..artifacts import (
+    AtomicWriter,
+    concat_npy,
+    read_json,
+    save_npy_atomic,
+    sha256_file,
+    write_json_atomic,
+)
+from ..config import BuildConfig
+from ..corpus.chunking import chunk_tokens, chunk_words
+from ..corpus.documents import NO_TIMESTAMP, Document
+from ..corpus.readers import InputFile, ReadStats, read_documents, resolve_inputs
+from ..errors import DatastoreError, InputError
+from ..progress import progress
+from . import layout as L
+from .ids import IdRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardBuffer:
+    """Passages collected for one shard, plus the records of documents that start in it."""
+
+    index: int
+    first_passage: int
+    texts: list[str] = field(default_factory=list)
+    doc_index: list[int] = field(default_factory=list)
+    tokens: list[np.ndarray] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    words: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, t0: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def build_datastore(
+    inputs: list[str | Path],
+    out: str | Path,
+    config: BuildConfig = BuildConfig(),
+    *,
+    overwrite: bool = False,
+    show_progress: bool | None = None,
+    encoder=None,
+):
+    """Build (or resume building) a datastore from corpus files; returns the opened `Datastore`.
+
+    `encoder` may be passed to reuse a loaded encoder; it must match `config.encoder`.
+    """
+    from .store import Datastore
+
+    out = Path(out)
+    files = [f for f in resolve_inputs(inputs, config.reader) if not _inside(f.path, out)]
+    if not files:
+        raise InputError(str(out), None, "missing", "every input lies inside the output directory")
+    plan = _plan(files, config)
+    if _prepare_output(out, plan, overwrite):
+        log.info("%s is already built with these inputs and settings; nothing to do", out)
+        return Datastore.open(out)
+    builder = _Builder(out, files, config, show_progress, encoder)
+    builder.run()
+    return Datastore.open(out)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _plan(files: list[InputFile], config: BuildConfig) -> dict[str, Any]:
+    """What the datastore is built from: identical plans give identical datastores."""
+    return {
+        "format_version": L.FORMAT_VERSION,
+        "config": config.to_dict(),
+        "inputs": [
+            {
+                "path": f.display,
+                "format": f.format,
+                "compression": f.compression,
+                "domain": f.domain,
+                "bytes": f.path.stat().st_size,
+                "sha256": sha256_file(f.path),
+            }
+            for f in files
+        ],
+    }
+
+
+def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool) -> bool:
+    """Make `out` ready for this plan. Returns True when it already holds exactly this build."""
+    staging = out / L.STAGING
+    if (out / L.MANIFEST).exists():
+        try:
+            done_plan = read_json(out / L.MANIFEST).get("build", {}).get("plan")
+        except ValueError:
+            done_plan = None
+        if done_plan == plan and not overwrite:
+            return True
+        if not overwrite:
+            raise DatastoreError(
+                f"{out} already holds a datastore built from other inputs or settings; "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+        _clear(out)
+    elif (staging / "plan.json").exists():
+        if read_json(staging / "plan.json") != plan:
+            if not overwrite:
+                raise DatastoreError(
+                    f"{out} holds an unfinished build with other inputs or settings; "
+                    "rerun that command to finish it, or pass --overwrite to start over"
+                )
+            _clear(out)
+        else:
+            log.info("resuming the unfinished build in %s", out)
+    elif out.exists() and any(out.iterdir()):
+        raise DatastoreError(f"{out} exists and is not a relm datastore; refusing to write into it")
+    staging.mkdir(parents=True, exist_ok=True)
+    if not (staging / "plan.json").exists():
+        write_json_atomic(staging / "plan.json", plan)
+    return False
+
+
+def _clear(out: Path) -> None:
+    """Remove a datastore (only what relm writes: it was checked to be one)."""
+    shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+class _Builder:
+    def __init__(self, out: Path, files: list[InputFile], config: BuildConfig, show_progress, encoder):
+        self.out = out
+        self.staging = out / L.STAGING
+        self.files = files
+        self.config = config
+        self.show_progress = show_progress
+        self._encoder = encoder
+        self.timer = Timer()
+        self.read_stats = ReadStats()
+        self.ids = IdRegistry()
+        self.tokenizer = None
+        if config.chunk.mode == "tokens":
+            from ..corpus.tokenizer import load_tokenizer
+
+            self.tokenizer = load_tokenizer(config.chunk.tokenizer)
+        self.resumed_shards = 0
+        self.encoded_passages = 0
+
+    # -- encoder (loaded only when a shard needs encoding) ----------------------------------
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from ..encoders import load_encoder
+
+            t0 = time.perf_counter()
+            self._encoder = load_encoder(self.config.encoder)
+            self.timer.add("load_encoder", t0)
+        return self._encoder
+
+    def encoder_identity(self) -> dict[str, Any]:
+        path = self.staging / "encoder.json"
+        if path.exists():
+            return read_json(path)
+        ident = dict(self.encoder.identity(), normalize=self.config.encoder.normalize)
+        write_json_atomic(path, ident)
+        return ident
+
+    # -- main loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        t_start = time.perf_counter()
+        total_bytes = sum(f.path.stat().st_size for f in self.files)
+        bar = progress(total=total_bytes, desc="build", unit="B", unit_scale=True, enabled=self.show_progress)
+        shard = ShardBuffer(0, 0)
+        n_docs = 0
+        last = 0.0
+        for doc in self._timed_documents():
+            if not self.ids.add(doc.id):
+                self._duplicate(doc)
+                continue
+            t0 = time.perf_counter()
+            pieces = self._chunk(doc)
+            self.timer.add("chunk", t0)
+            first = True
+            for text, toks in pieces:
+                if len(shard) == self.config.shard_size:
+                    self._flush(shard)
+                    shard = ShardBuffer(shard.index + 1, shard.first_passage + len(shard))
+                    self.ids.commit()
+                if first:
+                    shard.records.append(doc.record())
+                    first = False
+                shard.texts.append(text)
+                shard.doc_index.append(n_docs)
+                shard.words += len(text.split())
+                if toks is not None:
+                    shard.tokens.append(toks)
+            n_docs += 1
+            now = time.monotonic()
+            if now - last > 0.5:
+                last = now
+                bar.n = self.read_stats.bytes_done
+                passages = shard.first_passage + len(shard)
+                elapsed = time.perf_counter() - t_start
+                bar.set_postfix(docs=n_docs, passages=passages, shard=shard.index,
+                                p_per_s=f"{passages / max(elapsed, 1e-9):.0f}", refresh=False)
+                bar.refresh()
+        if len(shard) == 0:
+            raise InputError(", ".join(f.display for f in self.files), None, "empty_file",
+                             f"no documents could be read (skipped: {self.read_stats.to_dict()['skipped']})")
+        self._flush(shard)
+        bar.n = total_bytes
+        bar.close()
+        self.timer.add("total_stream", t_start)
+        t0 = time.perf_counter()
+        self._finalize(n_shards=shard.index + 1)
+        self.timer.add("finalize", t0)
+        self.timer.add("total", t_start)
+        self._write_stats()
+
+    def _duplicate(self, doc: Document) -> None:
+        error = InputError(
+            doc.source.rsplit(":", 1)[0], None, "duplicate_id",
+            f"document id {doc.id!r} at {doc.source} was seen before; ids must be unique "
+            "(fix the data, pass --id-field with a unique field, or --on-error skip to keep the first)",
+        )
+        if self.config.reader.on_error == "raise":
+            raise error
+        self.read_stats.documents -= 1
+        self.read_stats.skipped["duplicate_id"] += 1
+        if len(self.read_stats.skipped_examples) < 20:
+            self.read_stats.skipped_examples.append(str(error))
+        log.warning("skipped %s", error)
+
+    def _timed_documents(self) -> Iterator[Document]:
+        it = read_documents(self.files, self.config.reader, self.read_stats)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                doc = next(it)
+            except StopIteration:
+                self.timer.add("read", t0)
+                return
+            self.timer.add("read", t0)
+            yield doc
+
+    def _chunk(self, doc: Document) -> list[tuple[str, np.ndarray | None]]:
+        c = self.config.chunk
+        if c.mode == "words":
+            return [(doc.text[a:b], None) for a, b, _ in chunk_words(doc.text, c.max_words, c.min_words)]
+        ids, offsets = self.tokenizer.encode(doc.text)
+        if len(ids) == 0:
+            return [(doc.text, np.zeros(0, dtype=self.tokenizer.id_dtype))]
+        dtype = self.tokenizer.id_dtype
+        return [
+            (doc.text[cs:ce], ids[a:b].astype(dtype))
+            for a, b, cs, ce in chunk_tokens(offsets, len(doc.text), c.chunk_tokens)
+        ]
+
+    # -- one shard --------------------------------------------------------------------------
+    def _flush(self, shard: ShardBuffer) -> None:
+        sdir = self.staging / L.shard_name(shard.index)
+        done = sdir / "done.json"
+        counts = {
+            "passages": len(shard),
+            "first_passage": shard.first_passage,
+            "documents": len(shard.records),
+            "words": shard.words,
+            "tokens": int(sum(len(t) for t in shard.tokens)),
+        }
+        if done.exists():
+            if read_json(done) != counts:
+                raise DatastoreError(
+                    f"{sdir}: finished shard does not match the corpus as read now; "
+                    "the inputs changed during the build: pass --overwrite to start over"
+                )
+            self.resumed_shards += 1
+            log.info("shard %d already built; skipping", shard.index)
+            return
+        t0 = time.perf_counter()
+        vectors = self.encoder.encode(
+            shard.texts,
+            batch_size=self.config.batch_size,
+            normalize=self.config.encoder.normalize,
+            show_progress=bool(self.show_progress) if self.show_progress is not None else False,
+        )
+        self.timer.add("encode", t0)
+        self.encoded_passages += len(shard)
+        t0 = time.perf_counter()
+        self.encoder_identity()
+        save_npy_atomic(self.out / L.embedding_shard(shard.index), vectors.astype(np.float16))
+        encoded = [t.encode("utf-8") for t in shard.texts]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        with AtomicWriter(sdir / "text.bin") as f:
+            f.write(b"".join(encoded))
+        save_npy_atomic(sdir / "offsets.npy", offsets)
+        save_npy_atomic(sdir / "doc_index.npy", np.asarray(shard.doc_index, dtype=np.uint32))
+        with AtomicWriter(sdir / "records.jsonl") as f:
+            for rec in shard.records:
+                f.write(_record_line(rec))
+        if self.tokenizer is not None:
+            dtype = self.tokenizer.id_dtype
+            toks = np.concatenate(shard.tokens) if shard.tokens else np.zeros(0, dtype=dtype)
+            tok_off = np.zeros(len(shard.tokens) + 1, dtype=np.uint64)
+            np.cumsum([len(t) for t in shard.tokens], out=tok_off[1:])
+            save_npy_atomic(sdir / "tokens.npy", toks.astype(dtype))
+            save_npy_atomic(sdir / "token_offsets.npy", tok_off)
+        write_json_atomic(done, counts)
+        self.timer.add("write", t0)
+
+    # -- finalize ----------------------------------------------------------------------------
+    def _finalize(self, n_shards: int) -> None:
+        dirs = [self.staging / L.shard_name(i) for i in range(n_shards)]
+        counts = [read_json(d / "done.json") for d in dirs]
+        n = sum(c["passages"] for c in counts)
+        n_docs = sum(c["documents"] for c in counts)
+        if n_docs >= 2**32 - 1:
+            raise DatastoreError(f"{n_docs} documents do not fit uint32 document indexes; split the corpus")
+        out = self.out
+        with AtomicWriter(out / L.PASSAGE_TEXT) as f:
+            for d in dirs:
+                with open(d / "text.bin", "rb") as src:
+                    shutil.copyfileobj(src, f.file, 1 << 22)
+        _concat_offsets([d / "offsets.npy" for d in dirs], out / L.PASSAGE_OFFSETS)
+        concat_npy([d / "doc_index.npy" for d in dirs], out / L.PASSAGE_DOC, np.uint32)
+        domains = self._finalize_docs(dirs, n_docs)
+        doc_index = np.load(out / L.PASSAGE_DOC, mmap_mode="r")
+        save_npy_atomic(
+            out / L.DOC_PASSAGES,
+            np.searchsorted(doc_index, np.arange(n_docs + 1), side="left").astype(np.uint64),
+        )
+        tokens = None
+        if self.tokenizer is not None:
+            dtype = self.tokenizer.id_dtype
+            n_tok = concat_npy([d / "tokens.npy" for d in dirs], out / L.TOKEN_IDS, dtype)
+            _concat_offsets([d / "token_offsets.npy" for d in dirs], out / L.TOKEN_OFFSETS)
+            tokens = {
+                "tokenizer": self.tokenizer.identity(),
+                "ids": L.TOKEN_IDS,
+                "offsets": L.TOKEN_OFFSETS,
+                "dtype": dtype.name,
+                "count": n_tok,
+            }
+        encoder = self.encoder_identity()
+        shards = []
+        start = 0
+        for i, c in enumerate(counts):
+            shards.append({"file": L.embedding_shard(i), "start": start, "rows": c["passages"]})
+            start += c["passages"]
+        manifest = {
+            "format": L.FORMAT,
+            "format_version": L.FORMAT_VERSION,
+            "relm_version": __version__,
+            "kind": "tokens" if self.tokenizer is not None else "passages",
+            "encoder": encoder,
+            "chunker": self.config.chunk.describe(),
+            "tokens": tokens,
+            "counts": {
+                "documents": n_docs,
+                "passages": n,
+                "words": int(sum(c["words"] for c in counts)),
+                "tokens": int(sum(c["tokens"] for c in counts)) if tokens else None,
+                "text_bytes": int((out / L.PASSAGE_TEXT).stat().st_size),
+                "shards": n_shards,
+            },
+            "embeddings": {"dtype": "float16", "dim": encoder["dim"], "shards": shards},
+            "passages": {"text": L.PASSAGE_TEXT, "offsets": L.PASSAGE_OFFSETS, "doc_index": L.PASSAGE_DOC},
+            "docs": {
+                "records": L.DOC_RECORDS,
+                "offsets": L.DOC_OFFSETS,
+                "passages": L.DOC_PASSAGES,
+                "domain": L.DOC_DOMAIN,
+                "timestamp": L.DOC_TIMESTAMP,
+            },
+            "domains": domains,
+            "inputs": read_json(self.staging / "plan.json")["inputs"],
+            "build": {
+                "plan": read_json(self.staging / "plan.json"),
+                "read": self.read_stats.to_dict(),
+            },
+        }
+        write_json_atomic(out / L.MANIFEST, manifest)
+        shutil.rmtree(self.staging)
+
+    def _finalize_docs(self, dirs: list[Path], n_docs: int) -> list[dict[str, Any]]:
+        """Concatenate document records; derive their offsets, domain codes and timestamps."""
+        out = self.out
+        offsets = np.zeros(n_docs + 1, dtype=np.uint64)
+        domain = np.zeros(n_docs, dtype=np.uint16)
+        stamp = np.full(n_docs, NO_TIMESTAMP, dtype=np.int64)
+        names: dict[str, int] = {}
+        j, pos = 0, 0
+        with AtomicWriter(out / L.DOC_RECORDS) as f:
+            for d in dirs:
+                with open(d / "records.jsonl", "rb") as src:
+                    for line in src:
+                        rec = json.loads(line)
+                        code = names.setdefault(rec["domain"], len(names))
+                        if code >= 2**16:
+                            raise DatastoreError("more than 65,536 distinct domains; use fewer domain labels")
+                        domain[j] = code
+                        if rec["timestamp"] is not None:
+                            stamp[j] = rec["timestamp"]
+                        f.write(line)
+                        pos += len(line)
+                        j += 1
+                        offsets[j] = pos
+        if j != n_docs:
+            raise DatastoreError(f"internal: {j} document records for {n_docs} documents")
+        save_npy_atomic(out / L.DOC_OFFSETS, offsets)
+        save_npy_atomic(out / L.DOC_DOMAIN, domain)
+        save_npy_atomic(out / L.DOC_TIMESTAMP, stamp)
+        counts = np.bincount(domain, minlength=len(names))
+        return [{"name": name, "documents": int(counts[code])} for name, code in names.items()]
+
+    def _write_stats(self) -> None:
+        m = read_json(self.out / L.MANIFEST)
+        c = m["counts"]
+        sec = {k: round(v, 4) for k, v in self.timer.seconds.items()}
+        enc = max(self.timer.seconds.get("encode", 0.0), 1e-9)
+        total = max(self.timer.seconds.get("total", 0.0), 1e-9)
+        stats = {
+            "counts": c,
+            "read": m["build"]["read"],
+            "seconds": sec,
+            "resumed_shards": self.resumed_shards,
+            "encoded_passages": self.encoded_passages,
+            "throughput": {
+                "passages_per_s": c["passages"] / total,
+                "words_per_s": c["words"] / total,
+                "tokens_per_s": (c["tokens"] or 0) / total,
+                "encode_passages_per_s": self.encoded_passages / enc,
+            },
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        write_json_atomic(self.out / L.STATS, stats)
+        log.info(
+            "built %s: %d documents, %d passages, %d words in %.1fs (%.1f passages/s)",
+            self.out, c["documents"], c["passages"], c["words"], total, c["passages"] / total,
+        )
+
+
+def _record_line(rec: dict[str, Any]) -> bytes:
+    return (json.dumps(rec, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _concat_offsets(paths: list[Path], out: Path) -> None:
+    """Concatenate per-shard (n_i + 1,) offset arrays into one (n + 1,) array of global offsets."""
+    parts = [np.load(p, mmap_mode="r") for p in paths]
+    total = sum(len(p) - 1 for p in parts)
+    tmp = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dest = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint64, shape=(total + 1,))
+    row, base = 0, np.uint64(0)
+    for p in parts:
+        k = len(p) - 1
+        dest[row : row + k] = p[:-1] + base
+        base = base + np.uint64(p[-1])
+        row += k
+    dest[total] = base
+    dest.flush()
+    del dest
+    os.replace(tmp, out)

