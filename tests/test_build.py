@@ -12,12 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import corpus_records, make_text, write_jsonl
 
-from relm import BuildConfig, ChunkConfig, Datastore, DatastoreError, InputError, ReaderConfig, build_datastore
+from relm import (
+    BuildConfig,
+    ChunkConfig,
+    Datastore,
+    DatastoreError,
+    InputError,
+    ReaderConfig,
+    build_datastore,
+)
 from relm.corpus.chunking import chunk_words
 from relm.datastore import build as build_mod
 from relm.datastore import layout as L
+
+from conftest import corpus_records, make_text, write_jsonl
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -64,7 +73,7 @@ def test_build_layout_and_contents(tmp_path, small_corpus, encoder):
     assert m["counts"]["words"] == sum(len(r["text"].split()) for r in records)
 
     # embeddings: float16 memmaps equal to encoding the passages directly
-    for start, arr in ds.embedding_shards:
+    for _start, arr in ds.embedding_shards:
         assert isinstance(arr, np.memmap) and arr.dtype == np.float16
     direct = encoder.encode([t for _, t in expected], normalize=True)
     got = ds.embeddings(range(len(ds))).astype(np.float32)

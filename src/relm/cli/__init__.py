@@ -16,6 +16,7 @@ import sys
 from .. import __version__
 from ..errors import RelmError
 from . import build, info, search
+from .common import HelpFormatter
 
 SUBCOMMANDS = (build, info, search)
 
@@ -24,7 +25,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="relm",
         description="Retrieval-based language models at datastore scale.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"relm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ..config import DEFAULT_ENCODER, DEFAULT_TOKENIZER, BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
+from .common import HelpFormatter
 
 
 def register(sub) -> None:
@@ -13,12 +12,13 @@ def register(sub) -> None:
         help="build a datastore from corpus files",
         description="Build (or resume) a datastore: JSONL (.gz/.zst), plain text or Parquet files, "
         "directories or globs -> passages or token chunks -> float16 embeddings + metadata.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs")
     p.add_argument("--out", "-o", required=True, metavar="DS", help="datastore directory to create or resume")
     chunk = p.add_mutually_exclusive_group()
-    chunk.add_argument("--chunk-words", type=int, metavar="N", help="passage mode: at most N words (default 256)")
+    chunk.add_argument("--chunk-words", type=int, metavar="N", default=ChunkConfig.max_words,
+                       help="passage mode (MassiveDS): at most N whitespace words per passage")
     chunk.add_argument("--chunk-tokens", type=int, metavar="M", help="token mode (RETRO): chunks of M tokens")
     p.add_argument("--min-words", type=int, default=ChunkConfig.min_words,
                    help="passage mode: a shorter tail is merged into the previous passage")
@@ -57,11 +57,7 @@ def config_from_args(args) -> BuildConfig:
     if args.chunk_tokens is not None:
         chunk = ChunkConfig(mode="tokens", chunk_tokens=args.chunk_tokens, tokenizer=args.tokenizer)
     else:
-        chunk = ChunkConfig(
-            mode="words",
-            max_words=args.chunk_words if args.chunk_words is not None else ChunkConfig.max_words,
-            min_words=args.min_words,
-        )
+        chunk = ChunkConfig(mode="words", max_words=args.chunk_words, min_words=args.min_words)
     return BuildConfig(
         reader=ReaderConfig(
             text_field=args.text_field,

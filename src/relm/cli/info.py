@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from ..corpus.documents import format_timestamp
+from .common import HelpFormatter
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="describe a datastore", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("info", help="describe a datastore", formatter_class=HelpFormatter)
     p.add_argument("datastore", metavar="DS")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(run=run)

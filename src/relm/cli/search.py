@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
+from .common import HelpFormatter
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
         help="search a datastore",
         description="Exact inner-product search. One query from the command line, or a batch from --queries "
         "(a .jsonl file with 'id' and 'query' or 'text', a .tsv of 'id<TAB>query', or one query per line).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("datastore", metavar="DS")
     p.add_argument("query", nargs="?", help="the query text (or use --queries)")

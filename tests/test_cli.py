@@ -1,0 +1,117 @@
+"""The command line, run in-process through `main(argv)`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from relm.cli import main, make_parser
+
+from conftest import corpus_records, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    corpus = write_jsonl(root / "corpus.jsonl", corpus_records(n_docs=8))
+    out = root / "ds"
+    assert main(["-q", "build", str(corpus), "--out", str(out), "--chunk-words", "50", "--min-words", "5",
+                 "--shard-size", "8", "--no-progress"]) == 0
+    return root, out
+
+
+def test_help_for_every_subcommand(capsys):
+    parser = make_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"build", "info", "search"} <= set(commands)
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    assert "(default: 256)" in capsys.readouterr().out
+    for name in commands:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert f"relm {name}" in out and "(default: None)" not in out
+
+
+def test_build_prints_summary_and_info(built, capsys):
+    root, out = built
+    assert main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "documents   8" in text and "all-MiniLM-L6-v2" in text and "alpha" in text
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["counts"]["documents"] == 8 and info["encoder"]["dim"] == 384
+    assert info["chunker"]["max_words"] == 50
+
+
+def test_search_single_query_text_and_json(built, capsys):
+    _, out = built
+    assert main(["search", str(out), "whale ship captain", "-k", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(" 1. ") and " 3. " in text and "doc-" in text
+    assert main(["search", str(out), "whale ship captain", "-k", "3", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    row = json.loads(line)
+    assert row["query"] == "whale ship captain" and len(row["hits"]) == 3
+    assert {"passage_id", "score", "text", "doc_id", "domain", "metadata"} <= set(row["hits"][0])
+
+
+def test_search_batch_jsonl_tsv_and_trec(built, capsys):
+    root, out = built
+    qfile = write_jsonl(root / "q.jsonl", [{"id": "q1", "query": "kernel memory"}, {"id": "q2", "text": "forest wolf"}])
+    results = root / "run.jsonl"
+    assert main(["search", str(out), "--queries", str(qfile), "-k", "4", "-o", str(results)]) == 0
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q1", "q2"] and all(len(r["hits"]) == 4 for r in rows)
+
+    tsv = root / "q.tsv"
+    tsv.write_text("a\tkernel memory\nb\tforest wolf\n")
+    assert main(["search", str(out), "--queries", str(tsv), "-k", "2", "--format", "trec", "--run-name", "t"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    qid, q0, pid, rank, score, tag = lines[0].split()
+    assert (qid, q0, rank, tag) == ("a", "Q0", "1", "t") and int(pid) == rows[0]["hits"][0]["passage_id"]
+    assert float(score) == pytest.approx(rows[0]["hits"][0]["score"], abs=1e-5)
+
+    plain = root / "q.txt"
+    plain.write_text("kernel memory\n\nforest wolf\n")
+    assert main(["search", str(out), "--queries", str(plain), "-k", "1"]) == 0
+    assert [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()] == ["1", "3"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["build", "/no/such/file.jsonl", "--out", "X"], "/no/such/file.jsonl: no such file or directory"),
+        (["info", "/no/such/ds"], "no such datastore"),
+        (["search", "DS", "q", "-k", "0"], "positive"),
+        (["search", "DS"], "either a QUERY or --queries"),
+        (["build", "IN", "--out", "X", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["build", "IN", "--out", "X", "--chunk-words", "0"], "--chunk-words must be >= 1"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(argv, message, built, capsys, tmp_path):
+    root, out = built
+    argv = [str(out) if a == "DS" else str(root / "corpus.jsonl") if a == "IN" else
+            str(tmp_path / "x") if a == "X" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_query_file_names_the_line(built, capsys, tmp_path):
+    _, out = built
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"query": "ok"}\n{broken\n')
+    assert main(["search", str(out), "--queries", str(q)]) == 2
+    assert "q.jsonl:2: malformed JSON" in capsys.readouterr().err
+
+
+def test_python_dash_m_relm():
+    proc = subprocess.run([sys.executable, "-m", "relm", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "build" in proc.stdout and "search" in proc.stdout
