@@ -42,21 +42,33 @@ def parse_timestamp(value: Any) -> int | None:
     if isinstance(value, bool):
         raise ValueError(f"not a timestamp: {value!r}")
     if isinstance(value, int | float):
-        return int(value)
+        return _in_range(int(value))
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):
         s = value.strip()
         if not s:
             return None
-        if s.lstrip("-").isdigit():
-            return int(s)
+        try:
+            return _in_range(int(float(s)) if any(c in s for c in ".eE") else int(s))
+        except ValueError:
+            pass  # not a number: try ISO 8601
         dt = datetime.fromisoformat(s.replace("Z", "+00:00") if s.endswith("Z") else s)
     else:
         raise ValueError(f"not a timestamp: {value!r}")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())
+
+
+# year 1 to year 9999 in seconds: what datetime can show, and far inside int64
+_MIN_TS, _MAX_TS = -62_135_596_800, 253_402_300_799
+
+
+def _in_range(ts: int) -> int:
+    if not _MIN_TS <= ts <= _MAX_TS:
+        raise ValueError(f"timestamp {ts} is outside years 1-9999 (is it in milliseconds?)")
+    return ts
 
 
 def format_timestamp(ts: int | None) -> str | None:

@@ -12,6 +12,7 @@ stops the read with an `InputError` naming the file and line; with
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
@@ -115,7 +116,12 @@ def resolve_inputs(paths: list[str | os.PathLike], config: ReaderConfig = Reader
             matches = sorted(glob.glob(raw, recursive=True))
             if not matches:
                 raise InputError(raw, None, "missing", "glob matches no file")
-            candidates = [Path(m) for m in matches if Path(m).is_file()]
+            candidates = []
+            for m in map(Path, matches):  # a glob may match directories: read them like directories
+                if m.is_dir():
+                    candidates += sorted(q for q in m.rglob("*") if q.is_file() and not _hidden(q.relative_to(m)))
+                elif m.is_file():
+                    candidates.append(m)
             explicit = False
         else:
             p = Path(raw)
@@ -194,10 +200,47 @@ def _open_stream(inp: InputFile, raw: BinaryIO) -> BinaryIO:
     if inp.compression == "gz":
         return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 20)
     if inp.compression == "zst":
+        return io.BufferedReader(_ZstdReader(raw), buffer_size=1 << 20)
+    return raw
+
+
+class _ZstdReader(io.RawIOBase):
+    """A (possibly multi-frame) zst stream that raises EOFError when it ends mid-frame.
+
+    zstandard's own `stream_reader` just stops at a truncated frame, which would
+    drop the rest of the file silently; gzip raises in that case, and so do we.
+    """
+
+    def __init__(self, raw: BinaryIO):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), buffer_size=1 << 20)
-    return raw
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None  # decompressor of the current frame; None between frames
+        self._pending = b""  # compressed bytes read but not yet decompressed
+        self._out = memoryview(b"")  # decompressed bytes not yet returned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._out:
+            if not self._pending:
+                self._pending = self._raw.read(1 << 16)  # small reads: text expands ~5-100x
+                if not self._pending:
+                    if self._frame is not None:
+                        raise EOFError("stream ends in the middle of a frame (truncated file?)")
+                    return 0
+            if self._frame is None:
+                self._frame = self._dctx.decompressobj()
+            data, self._pending = self._pending, b""
+            self._out = memoryview(self._frame.decompress(data))
+            if self._frame.eof:  # the frame is complete; what follows is the next frame
+                self._pending, self._frame = self._frame.unused_data, None
+        n = min(len(buf), len(self._out))
+        buf[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
 
 
 def _lines(inp: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -216,6 +259,8 @@ def _lines(inp: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 
 def _decode(inp: InputFile, lineno: int, data: bytes) -> str:
+    if lineno == 1 and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]  # a byte-order mark (Windows editors) is not part of the text
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -262,12 +307,17 @@ def _read_text(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: ReadS
     # one document per block of non-blank lines
     block: list[str] = []
     start = 0
+    bad = False  # the current block holds an undecodable line: drop it whole, count it once
     for lineno, line in _lines(inp, raw):
+        if bad:
+            # skip the rest of the bad block, up to the next blank line
+            bad = bool(line.decode("utf-8", errors="replace").strip())
+            continue
         try:
             s = _decode(inp, lineno, line)
         except InputError as e:
             _handle(e, config, stats)
-            block, start = [], 0  # the block with the bad line is dropped whole (and counted)
+            block, start, bad = [], 0, True
             continue
         if s.strip():
             if not block:

@@ -1,0 +1,66 @@
+"""The encode() contract: the default packaged model, plain HF encoders with mean pooling, offline errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from relm import ConfigError, EncoderConfig
+from relm.encoders import Encoder, load_encoder, resolve_model_path
+
+
+def test_default_encoder_contract(encoder):
+    assert isinstance(encoder, Encoder)
+    texts = ["a short one", "a considerably longer sentence about retrieval-augmented language models", "x"]
+    v = encoder.encode(texts, batch_size=2, normalize=True)
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    # length-sorted batching must not reorder the output
+    one_by_one = np.vstack([encoder.encode([t], normalize=True) for t in texts])
+    np.testing.assert_allclose(v, one_by_one, atol=1e-5)
+    raw = encoder.encode(texts, normalize=False)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), v, atol=1e-5)
+    assert encoder.encode([], normalize=True).shape == (0, 384)
+    ident = encoder.identity()
+    assert ident["dim"] == 384 and ident["pooling"] == "mean" and len(ident["fingerprint"]) == 16
+
+
+def test_plain_hf_encoder_uses_mean_pooling(tmp_path):
+    """A plain transformers encoder directory (no sentence-transformers files) is mean-pooled over tokens."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    src = resolve_model_path("all-MiniLM-L6-v2")
+    model_dir = tmp_path / "tiny-bert"
+    model_dir.mkdir()
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, model_dir / name)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).eval().save_pretrained(str(model_dir))
+
+    enc = load_encoder(EncoderConfig(model=str(model_dir)))
+    assert enc.dim == 32 and enc.identity()["pooling"] == "mean"
+    texts = ["retrieval from a datastore", "a second, longer text with more tokens in it than the first"]
+    got = enc.encode(texts, normalize=False)
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = BertModel.from_pretrained(str(model_dir)).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state  # (B, T, C)
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+    expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_unknown_encoder_fails_offline_with_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="offline"):
+        load_encoder("no-such-org/no-such-encoder-xyz")
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"0")
+    with pytest.raises(ConfigError, match="directory"):
+        load_encoder(str(f))
