@@ -190,6 +190,7 @@ class _Builder:
             self.tokenizer = load_tokenizer(config.chunk.tokenizer)
         self.resumed_shards = 0
         self.encoded_passages = 0
+        self.tokens_seen = 0
 
     # -- encoder (loaded only when a shard needs encoding) ----------------------------------
     @property
@@ -239,20 +240,17 @@ class _Builder:
                 shard.words += len(text.split())
                 if toks is not None:
                     shard.tokens.append(toks)
+                    self.tokens_seen += len(toks)
             n_docs += 1
             now = time.monotonic()
             if now - last > 0.5:
                 last = now
-                bar.n = self.read_stats.bytes_done
-                passages = shard.first_passage + len(shard)
-                elapsed = time.perf_counter() - t_start
-                bar.set_postfix(docs=n_docs, passages=passages, shard=shard.index,
-                                p_per_s=f"{passages / max(elapsed, 1e-9):.0f}", refresh=False)
-                bar.refresh()
+                self._show(bar, n_docs, shard, t_start)
         if len(shard) == 0:
             raise InputError(", ".join(f.display for f in self.files), None, "empty_file",
                              f"no documents could be read (skipped: {self.read_stats.to_dict()['skipped']})")
         self._flush(shard)
+        self._show(bar, n_docs, shard, t_start)
         bar.n = total_bytes
         bar.close()
         self.timer.add("total_stream", t_start)
@@ -261,6 +259,17 @@ class _Builder:
         self.timer.add("finalize", t0)
         self.timer.add("total", t_start)
         self._write_stats()
+
+    def _show(self, bar, n_docs: int, shard: ShardBuffer, t_start: float) -> None:
+        """Progress in input bytes (that gives the ETA), with passages/s and tokens/s so far."""
+        elapsed = max(time.perf_counter() - t_start, 1e-9)
+        passages = shard.first_passage + len(shard)
+        post = {"docs": n_docs, "passages": passages, "shard": shard.index, "passages/s": f"{passages / elapsed:.1f}"}
+        if self.tokenizer is not None:
+            post["tokens/s"] = f"{self.tokens_seen / elapsed:.0f}"
+        bar.n = self.read_stats.bytes_done
+        bar.set_postfix(post, refresh=False)
+        bar.refresh()
 
     def _duplicate(self, doc: Document) -> None:
         error = InputError(
@@ -479,7 +488,7 @@ class _Builder:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         write_json_atomic(self.out / L.STATS, stats)
-        log.info(
+        log.debug(
             "built %s: %d documents, %d passages, %d words in %.1fs (%.1f passages/s)",
             self.out, c["documents"], c["passages"], c["words"], total, c["passages"] / total,
         )
