@@ -406,6 +406,7 @@ class _Builder:
             "format_version": L.FORMAT_VERSION,
             "relm_version": __version__,
             "kind": "tokens" if self.tokenizer is not None else "passages",
+            "generation": 0,
             "encoder": encoder,
             "chunker": self.config.chunk.describe(),
             "tokens": tokens,

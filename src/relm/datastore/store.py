@@ -86,6 +86,11 @@ class Datastore:
         return self.manifest["kind"]
 
     @property
+    def generation(self) -> int:
+        """Bumped by every update (add, delete, compact); indexes record the one they were built at."""
+        return int(self.manifest.get("generation", 0))
+
+    @property
     def domains(self) -> list[str]:
         return [d["name"] for d in self.manifest["domains"]]
 

@@ -24,9 +24,11 @@ def exact_search(
     *,
     block_rows: int = DEFAULT_BLOCK_ROWS,
     query_batch: int = 4096,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k inner products of `queries` (nq, d) against `shards`, a list of (first_id, (n_i, d) array).
 
+    `allowed`, a boolean mask over all ids, excludes the False ones (deleted, filtered).
     Returns (scores (nq, k) float32, ids (nq, k) int64), best first; missing hits are (-inf, -1).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -44,7 +46,10 @@ def exact_search(
             for b0 in range(0, vectors.shape[0], block_rows):
                 block = np.asarray(vectors[b0 : b0 + block_rows], dtype=np.float32)
                 scores = q @ block.T  # (nq, B)
-                heap.add(scores, np.arange(start + b0, start + b0 + len(block), dtype=np.int64))
+                ids = np.arange(start + b0, start + b0 + len(block), dtype=np.int64)
+                if allowed is not None:
+                    scores[:, ~allowed[ids]] = -np.inf
+                heap.add(scores, ids)
         out_s[q0 : q0 + len(q)] = heap.scores
         out_i[q0 : q0 + len(q)] = heap.ids
     return out_s, out_i

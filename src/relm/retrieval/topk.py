@@ -37,6 +37,7 @@ def topk(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.
     order = np.lexsort((top_i, -top_s), axis=1)
     top_s = np.take_along_axis(top_s, order, axis=1).astype(np.float32, copy=False)
     top_i = np.take_along_axis(top_i, order, axis=1)
+    top_i = np.where(np.isneginf(top_s), PAD_ID, top_i)  # masked-out entries (-inf) are never hits
     return _pad(top_s, top_i, k)
 
 
