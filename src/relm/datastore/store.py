@@ -56,7 +56,11 @@ class Datastore:
 
     @classmethod
     def open(cls, path: str | Path) -> Datastore:
+        from .update import recover, recover_swap
+
         root = Path(path)
+        recover_swap(root)
+        recover(root)  # finish an update that was interrupted mid-commit
         manifest = L.read_manifest(root)
         ds = cls(root, manifest)
         ds._check_files()
@@ -91,8 +95,61 @@ class Datastore:
         return int(self.manifest.get("generation", 0))
 
     @property
+    def revision(self) -> int:
+        """Bumped by every update, deletions included (cache keys use it)."""
+        return int(self.manifest.get("revision", 0))
+
+    @property
     def domains(self) -> list[str]:
         return [d["name"] for d in self.manifest["domains"]]
+
+    @cached_property
+    def deleted_documents(self) -> np.ndarray:
+        """Sorted uint32 indexes of tombstoned documents (`relm delete`)."""
+        from .update import read_deleted
+
+        return read_deleted(self.root)
+
+    @cached_property
+    def _live(self) -> np.ndarray | None:
+        if len(self.deleted_documents) == 0:
+            return None
+        live_docs = np.ones(self.n_documents, dtype=bool)
+        live_docs[self.deleted_documents] = False
+        return live_docs[self.doc_index]
+
+    def allowed(
+        self,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        domains: Sequence[str] | None = None,
+    ) -> np.ndarray | None:
+        """Boolean (n_passages,) mask of what a search may return, or None when everything is allowed.
+
+        Tombstoned documents are always excluded. `before`/`after` (epoch seconds) keep documents with a
+        timestamp strictly before / at-or-after the bound (documents without a timestamp are excluded when
+        a bound is given); `domains` keeps those domains.
+        """
+        if before is None and after is None and not domains:
+            return self._live
+        docs = np.ones(self.n_documents, dtype=bool)
+        ts = np.asarray(self.doc_timestamp)
+        if before is not None or after is not None:
+            docs &= ts != NO_TIMESTAMP
+            if before is not None:
+                docs &= ts < before
+            if after is not None:
+                docs &= ts >= after
+        if domains:
+            unknown = sorted(set(domains) - set(self.domains))
+            if unknown:
+                raise ConfigError(f"unknown domain(s) {unknown}; this datastore has {self.domains}")
+            codes = [self.domains.index(d) for d in domains]
+            docs &= np.isin(self.doc_domain, codes)
+        if len(self.deleted_documents):
+            docs[self.deleted_documents] = False
+        return docs[self.doc_index]
 
     # -- memory-mapped arrays -------------------------------------------------------------------
     @cached_property
@@ -226,16 +283,24 @@ class Datastore:
             list(queries), batch_size=batch_size, normalize=self.manifest["encoder"]["normalize"]
         )
 
-    def search_vectors(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k by inner product for query vectors (nq, d): (scores, passage ids)."""
+    def search_vectors(
+        self, vectors: np.ndarray, k: int = 10, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by inner product for query vectors (nq, d): (scores, passage ids).
+
+        `allowed` defaults to `self.allowed()` (everything but tombstoned documents).
+        """
         _check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise ConfigError(f"query vectors have dimension {vectors.shape[1]}, datastore has {self.dim}")
-        return exact_search(vectors, self.embedding_shards, k)
+        return exact_search(vectors, self.embedding_shards, k, allowed=self.allowed() if allowed is None else allowed)
 
     def search(self, queries: str | Sequence[str], k: int = 10, batch_size: int = 64) -> list[list[Hit]]:
-        """Exact dense search: for each query, its k best passages as `Hit`s, best first."""
+        """Exact dense search: for each query, its k best passages as `Hit`s, best first.
+
+        For ANN, BM25, hybrid and sharded search, filters and thresholds, use `relm.retrieval.Retriever`.
+        """
         _check_k(k)
         if isinstance(queries, str):
             queries = [queries]
