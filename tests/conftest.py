@@ -73,3 +73,51 @@ def word_tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wordtok")
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(out))
     return out
+
+
+class HashEncoder:
+    """A tiny deterministic encoder for retrieval tests: a seeded Gaussian vector per distinct text.
+
+    It meets the encode() contract without loading a model, so tests can build real datastores
+    with many passages in milliseconds.
+    """
+
+    name = "hash-32"
+    dim = 32
+
+    def encode(self, texts, *, batch_size=64, normalize=True, show_progress=False):
+        import hashlib
+
+        import numpy as np
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self.dim)
+        if normalize:
+            out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    def identity(self):
+        return {"model": self.name, "backend": "test", "dim": self.dim, "pooling": "none",
+                "max_seq_length": 0, "fingerprint": "hash32-v1"}
+
+
+def build_hash_datastore(root: Path, n_docs: int = 300, words: int = 24):
+    """A real datastore (through the real build) of n_docs documents with 8-word passages, hash-encoded."""
+    from relm import BuildConfig, ChunkConfig, build_datastore
+
+    domains = ("alpha", "beta", "gamma")
+    def unique_text(i: int) -> str:
+        # every 4th word carries the document and position, so no two passages are equal (no score ties)
+        return " ".join(f"{w}{i}x{j}" if j % 4 == 0 else w for j, w in enumerate(make_text(i, words).split()))
+
+    records = [
+        {"id": f"d{i}", "text": unique_text(i), "domain": domains[i % 3], "timestamp": 1_000_000 + i}
+        for i in range(n_docs)
+    ]
+    corpus = write_jsonl(root / "corpus.jsonl", records)
+    config = BuildConfig(chunk=ChunkConfig(max_words=8, min_words=2), shard_size=256)
+    ds = build_datastore([corpus], root / "ds", config, encoder=HashEncoder())
+    ds._encoder = HashEncoder()  # queries embed with the same hash encoder, no model load
+    return ds

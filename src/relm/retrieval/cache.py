@@ -1,0 +1,78 @@
+"""An LRU cache of search results, bounded in bytes.
+
+Keys are the normalised query text (case-folded, whitespace collapsed) plus
+everything that changes the answer: the retriever's settings and the
+datastore's revision, so any update (add, delete, compact) invalidates every
+cached entry without a scan. Values are the (scores, ids) rows of one query.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def normalize_query(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    entries: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "hit_rate": self.hit_rate}
+
+
+class ResultCache:
+    def __init__(self, max_bytes: int = 64 << 20):
+        if max_bytes <= 0:
+            raise ValueError(f"cache size must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
+        self.stats = CacheStats(max_bytes=max_bytes)
+
+    @staticmethod
+    def key(query: str, settings: tuple, revision: int) -> tuple:
+        return (normalize_query(query), settings, revision)
+
+    def get(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.stats.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        return entry[0], entry[1]
+
+    def put(self, key: tuple, scores: np.ndarray, ids: np.ndarray) -> None:
+        size = scores.nbytes + ids.nbytes + sys.getsizeof(key[0]) + 64  # 64: tuple and dict overhead
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self.stats.bytes -= self._entries.pop(key)[2]
+        self._entries[key] = (scores.copy(), ids.copy(), size)
+        self.stats.bytes += size
+        while self.stats.bytes > self.max_bytes:
+            _, (_, _, old) = self._entries.popitem(last=False)
+            self.stats.bytes -= old
+            self.stats.evictions += 1
+        self.stats.entries = len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.stats.bytes = self.stats.entries = 0

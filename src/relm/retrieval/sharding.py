@@ -1,0 +1,275 @@
+"""Sharded search: partition the datastore, search every shard (or only the nearest), merge by score.
+
+Partitions (`by`):
+- `domain`: one shard per domain label;
+- `kmeans`: spherical k-means centroids trained on a seeded sample; a passage goes to its nearest
+  centroid, and a query can be routed to its `probe_shards` nearest centroids;
+- `lsh`: similarity hashing with random hyperplanes (Charikar 2002): the sign pattern of b = log2(n)
+  projections is the shard; queries are routed to the shards whose codes are nearest in Hamming distance.
+
+Each shard is a `LocalShard` holding a faiss index over its own vectors (ids = global passage ids),
+behind the two-method interface (`search(vectors, k, allowed)`, `add(ids, vectors)`) that a remote
+shard (a Ray actor, in a later release) will implement too. Results are merged by score with
+`merge_topk`; with exact (Flat) shards and every shard searched this equals unsharded exact search
+(tested), since top-k of a union is the top-k of the per-part top-k's (MassiveDS Lemma A.1), up to the
+order faiss gives passages tied at exactly the k-th score.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import load_npy, read_json, save_npy_atomic
+from ..errors import ConfigError
+from .indexes import (
+    check_k,
+    datastore_state,
+    prepare_index_dir,
+    read_index_config,
+    write_index_config,
+)
+from .topk import PAD_ID, merge_topk
+
+log = logging.getLogger(__name__)
+
+PARTITIONS = ("domain", "kmeans", "lsh")
+BLOCK = 65536
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    by: str = "kmeans"
+    n_shards: int = 8
+    factory: str = "Flat"  # faiss index_factory string for each shard
+    seed: int = 0
+    train_size: int = 100_000  # k-means sample
+
+    def __post_init__(self):
+        if self.by not in PARTITIONS:
+            raise ConfigError(f"unknown partition {self.by!r}; choose from {list(PARTITIONS)}")
+        if self.n_shards < 1:
+            raise ConfigError(f"--shards must be >= 1, got {self.n_shards}")
+        if self.by == "lsh" and self.n_shards & (self.n_shards - 1):
+            raise ConfigError(f"lsh sharding needs a power-of-two shard count, got {self.n_shards}")
+
+
+# -- partition functions (pure) -------------------------------------------------------------------
+def lsh_codes(vectors: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """Bucket of each vector: bit j is set when the vector lies on the positive side of hyperplane j."""
+    bits = (vectors @ planes.T) > 0  # (n, b)
+    return (bits * (1 << np.arange(planes.shape[0]))).sum(axis=1).astype(np.int64)
+
+
+def hamming_order(query_codes: np.ndarray, n_bits: int) -> np.ndarray:
+    """(nq, 2^b) shard ids of each query, nearest code (Hamming distance) first."""
+    shards = np.arange(1 << n_bits)
+    xor = query_codes[:, None] ^ shards[None, :]
+    dist = np.zeros_like(xor)
+    for j in range(n_bits):
+        dist += (xor >> j) & 1
+    return np.argsort(dist, axis=1, kind="stable")
+
+
+def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(n, C) centroid ids of each vector, by decreasing inner product."""
+    return np.argsort(-(vectors @ centroids.T), axis=1, kind="stable")
+
+
+# -- shards -------------------------------------------------------------------------------------------
+def _bitmap_selector(allowed: np.ndarray):
+    import faiss
+
+    bits = np.packbits(allowed, bitorder="little")
+    return faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)), bits
+
+
+class LocalShard:
+    """One shard: a faiss index over a subset of passages, ids = global passage ids."""
+
+    def __init__(self, index):
+        self.index = index
+
+    @classmethod
+    def create(cls, dim: int, factory: str) -> LocalShard:
+        import faiss
+
+        try:
+            base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ConfigError(f"invalid shard factory {factory!r}: {str(e).splitlines()[-1]}") from e
+        # IVF indexes store ids themselves; others need an id map
+        index = base if hasattr(faiss, "try_extract_index_ivf") and faiss.try_extract_index_ivf(base) else \
+            faiss.IndexIDMap2(base)
+        return cls(index)
+
+    def train(self, vectors: np.ndarray) -> None:
+        if not self.index.is_trained:
+            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
+
+    def search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None):
+        import faiss
+
+        if self.index.ntotal == 0:
+            return (np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), PAD_ID, np.int64))
+        params = None
+        if allowed is not None:
+            sel, keep = _bitmap_selector(allowed)
+            params = faiss.SearchParameters(sel=sel)
+            params._keep = keep  # the bitmap must outlive the search
+        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
+        scores = np.where(ids == PAD_ID, -np.inf, scores).astype(np.float32)
+        return scores, ids.astype(np.int64)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LocalShard:
+        import faiss
+
+        return cls(faiss.read_index(str(path)))
+
+
+class ShardedIndex:
+    def __init__(self, ds, name: str, config: dict, shards: list[LocalShard], routing: np.ndarray | None):
+        self.ds, self.name, self.config, self.shards, self.routing = ds, name, config, shards, routing
+
+    @property
+    def path(self) -> Path:
+        return Path(self.ds.root) / "indexes" / self.name
+
+    @classmethod
+    def open(cls, ds, name: str, *, check_fresh: bool = True) -> ShardedIndex:
+        config = read_index_config(ds, name, check_fresh=check_fresh, kind="sharded")
+        path = Path(ds.root) / "indexes" / name
+        shards = [LocalShard.load(path / f"shard-{s:04d}.faiss") for s in range(config["n_shards"])]
+        routing = load_npy(path / "routing.npy", mmap=False) if (path / "routing.npy").exists() else None
+        return cls(ds, name, config, shards, routing)
+
+    def route(self, vectors: np.ndarray, probe_shards: int | None) -> np.ndarray:
+        """(nq, p) shard ids to search for each query: all shards, or the p nearest by the partition."""
+        n = len(self.shards)
+        if probe_shards is None or probe_shards >= n:
+            return np.broadcast_to(np.arange(n), (len(vectors), n))
+        if probe_shards < 1:
+            raise ConfigError(f"--probe-shards must be >= 1, got {probe_shards}")
+        by = self.config["partition"]["by"]
+        if by == "kmeans":
+            return nearest_centroids(vectors, self.routing)[:, :probe_shards]
+        if by == "lsh":
+            bits = self.routing.shape[0]
+            return hamming_order(lsh_codes(vectors, self.routing), bits)[:, :probe_shards]
+        raise ConfigError("domain shards cannot be routed by similarity; filter with --domain instead")
+
+    def search(self, vectors: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               probe_shards: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = check_k(k)
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        route = self.route(vectors, probe_shards)
+        out = (np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), PAD_ID, np.int64))
+        for s, shard in enumerate(self.shards):
+            rows = np.nonzero((route == s).any(axis=1))[0]
+            if len(rows) == 0:
+                continue
+            part = shard.search(vectors[rows], k, allowed)
+            merged = merge_topk((out[0][rows], out[1][rows]), part, k)
+            out[0][rows], out[1][rows] = merged
+        return out
+
+    def add_new_vectors(self) -> int:
+        """Assign and add passages [ntotal, len(ds)) after `relm add`; no retraining."""
+        start = int(self.config["datastore"]["passages"])
+        added = _assign_and_add(self.ds, self.shards, self.config, self.routing, start)
+        for s, shard in enumerate(self.shards):
+            shard.save(self.path / f"shard-{s:04d}.faiss")
+        self.config["datastore"] = datastore_state(self.ds)
+        self.config["shard_sizes"] = [int(sh.index.ntotal) for sh in self.shards]
+        write_index_config(self.path, {k: v for k, v in self.config.items() if k != "format_version"})
+        return added
+
+
+def _vectors(ds, start: int, stop: int) -> np.ndarray:
+    return ds.embeddings(np.arange(start, stop)).astype(np.float32)
+
+
+def _assignment(ds, config: dict, routing: np.ndarray | None, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    by = config["partition"]["by"]
+    if by == "domain":
+        return np.asarray(ds.doc_domain)[ds.doc_index[ids]].astype(np.int64)
+    if by == "kmeans":
+        return nearest_centroids(vectors, routing)[:, 0]
+    return lsh_codes(vectors, routing)
+
+
+def _assign_and_add(ds, shards, config, routing, start: int) -> int:
+    added = 0
+    for b0 in range(start, len(ds), BLOCK):
+        b1 = min(b0 + BLOCK, len(ds))
+        ids = np.arange(b0, b1, dtype=np.int64)
+        vectors = _vectors(ds, b0, b1)
+        where = _assignment(ds, config, routing, ids, vectors)
+        if where.max(initial=0) >= len(shards):
+            raise ConfigError("a new domain appeared since the domain shards were built; rebuild the index")
+        for s in np.unique(where):
+            sel = where == s
+            shards[s].add(ids[sel], vectors[sel])
+        added += b1 - b0
+    return added
+
+
+def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, overwrite: bool = False) -> ShardedIndex:
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    n_shards = len(ds.domains) if config.by == "domain" else config.n_shards
+    routing = None
+    if config.by == "kmeans":
+        import faiss
+
+        sample = np.sort(rng.choice(len(ds), size=min(len(ds), config.train_size), replace=False))
+        if len(sample) < n_shards:
+            raise ConfigError(f"{len(ds)} passages cannot fill {n_shards} k-means shards")
+        km = faiss.Kmeans(ds.dim, n_shards, niter=20, seed=config.seed, spherical=True, verbose=False)
+        km.train(ds.embeddings(sample).astype(np.float32))
+        routing = km.centroids.copy()
+    elif config.by == "lsh":
+        bits = int(np.log2(n_shards))
+        routing = rng.standard_normal((bits, ds.dim)).astype(np.float32)
+    path = prepare_index_dir(ds, name, overwrite)
+    shards = [LocalShard.create(ds.dim, config.factory) for _ in range(n_shards)]
+    partial = {"partition": asdict(config), "n_shards": n_shards}
+    if any(not sh.index.is_trained for sh in shards):
+        # trainable shard indexes (IVF, PQ) learn on a sample of their own passages
+        sample = np.sort(rng.choice(len(ds), size=min(len(ds), config.train_size), replace=False))
+        vectors = ds.embeddings(sample).astype(np.float32)
+        where = _assignment(ds, partial, routing, sample, vectors)
+        for s, shard in enumerate(shards):
+            shard.train(vectors[where == s])
+    _assign_and_add(ds, shards, partial, routing, 0)
+    for s, shard in enumerate(shards):
+        shard.save(path / f"shard-{s:04d}.faiss")
+    if routing is not None:
+        save_npy_atomic(path / "routing.npy", routing)
+    config_json = {
+        "type": "sharded",
+        "name": name,
+        **partial,
+        "shard_names": ds.domains if config.by == "domain" else [f"shard-{s:04d}" for s in range(n_shards)],
+        "shard_sizes": [int(sh.index.ntotal) for sh in shards],
+        "build_seconds": time.perf_counter() - t0,
+        "datastore": datastore_state(ds),
+    }
+    write_index_config(path, config_json)
+    log.info("sharded index %s: %d shards, sizes %s", name, n_shards, config_json["shard_sizes"])
+    return ShardedIndex(ds, name, read_json(path / "config.json"), shards, routing)
