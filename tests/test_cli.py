@@ -115,3 +115,56 @@ def test_bad_query_file_names_the_line(built, capsys, tmp_path):
 def test_python_dash_m_relm():
     proc = subprocess.run([sys.executable, "-m", "relm", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "build" in proc.stdout and "search" in proc.stdout
+
+
+def test_bm25_hybrid_sharded_search_and_filters(built, capsys):
+    _, out = built
+    assert main(["index", str(out), "--name", "bm", "--bm25"]) == 0
+    assert main(["index", str(out), "--name", "dom", "--shard-by", "domain"]) == 0
+    assert "index 'bm' (bm25)" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    assert "index       bm (bm25" in capsys.readouterr().out
+    for extra in (["--retriever", "bm25", "--index", "bm"],
+                  ["--retriever", "hybrid", "--bm25-index", "bm", "--fusion", "rrf"],
+                  ["--retriever", "hybrid", "--bm25-index", "bm", "--fusion", "hierarchical"],
+                  ["--retriever", "hybrid", "--bm25-index", "bm", "--fusion", "interpolate", "--alpha", "0.3"],
+                  ["--retriever", "sharded", "--index", "dom"]):
+        assert main(["search", str(out), "whale ship captain", "-k", "3", "--json", *extra]) == 0, extra
+        row = json.loads(capsys.readouterr().out)
+        assert 1 <= len(row["hits"]) <= 3
+    # filters: domain and time
+    assert main(["search", str(out), "whale", "-k", "20", "--json", "--domain", "beta"]) == 0
+    assert {h["domain"] for h in json.loads(capsys.readouterr().out)["hits"]} == {"beta"}
+    cut = "2020-09-16T00:00:00Z"  # between the documents' days (1.6e9 + i days)
+    assert main(["search", str(out), "whale", "-k", "20", "--json", "--before", cut]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits and all(h["timestamp"] < cut for h in hits)
+    assert main(["search", str(out), "whale", "--before", "soon"]) == 2
+    assert "--before 'soon'" in capsys.readouterr().err
+    assert main(["search", str(out), "whale", "--retriever", "ann"]) == 2
+    assert "needs --index" in capsys.readouterr().err
+
+
+def test_add_delete_compact_from_the_cli(tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / "c.jsonl", corpus_records(n_docs=4))
+    out = tmp_path / "ds"
+    assert main(["-q", "build", str(corpus), "--out", str(out), "--chunk-words", "50", "--min-words", "5"]) == 0
+    assert main(["-q", "index", str(out), "--name", "bm", "--bm25"]) == 0
+    extra = write_jsonl(tmp_path / "x.jsonl", [{"id": "extra", "text": "a harpoon on the island of the king"}])
+    capsys.readouterr()
+    assert main(["add", str(out), str(extra)]) == 0
+    added = capsys.readouterr().out
+    assert "added 1 documents" in added and "updated indexes: bm" in added
+    assert main(["search", str(out), "harpoon island king", "-k", "1", "--json",
+                 "--retriever", "bm25", "--index", "bm"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["doc_id"] == "extra"
+    assert main(["delete", str(out), "--doc-id", "extra"]) == 0
+    assert main(["search", str(out), "harpoon island king", "-k", "50", "--json",
+                 "--retriever", "bm25", "--index", "bm"]) == 0
+    assert "extra" not in {h["doc_id"] for h in json.loads(capsys.readouterr().out.splitlines()[-1])["hits"]}
+    assert main(["delete", str(out), "--doc-id", "nope"]) == 2
+    assert main(["compact", str(out)]) == 0
+    assert "rebuilt indexes: bm" in capsys.readouterr().out
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["counts"]["documents"] == 4 and info["deleted"] is None and info["generation"] == 2

@@ -15,10 +15,10 @@ import sys
 
 from .. import __version__
 from ..errors import RelmError
-from . import build, info, search
+from . import add, build, compact, delete, index, index_eval, info, search
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact)
 
 
 def make_parser() -> argparse.ArgumentParser:

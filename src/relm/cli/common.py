@@ -12,3 +12,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'8GB' -> 8e9, '512MiB' -> 512 * 2**20, '1000' -> 1000."""
+    from ..errors import ConfigError
+
+    s = text.strip().upper().replace(" ", "")
+    number = s.rstrip("KMGTIB")
+    unit = s[len(number):]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1
+    if unit not in _UNITS or value < 0:
+        raise ConfigError(f"cannot read {text!r} as a size; write e.g. 8GB, 512MB, 2GiB")
+    return int(value * _UNITS[unit])

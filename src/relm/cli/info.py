@@ -43,6 +43,12 @@ def run(args) -> int:
     if len(ts):
         print(f"timestamps  {format_timestamp(int(ts.min()))} .. {format_timestamp(int(ts.max()))} "
               f"({len(ts):,} documents)")
+    for idx in info["indexes"]:
+        what = idx.get("factory") or idx.get("partition", {}).get("by") or idx["type"]
+        print(f"index       {idx['name']} ({idx['type']}: {what}; built at {idx['datastore']['passages']:,} passages)")
+    if ds.manifest.get("deleted"):
+        d = ds.manifest["deleted"]
+        print(f"deleted     {d['documents']:,} documents ({d['passages']:,} passages); `relm compact` drops them")
     if info["stats"]:
         s = info["stats"]
         print(f"last build  {s['seconds'].get('total', 0):.1f}s, "

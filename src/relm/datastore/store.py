@@ -335,6 +335,7 @@ class Datastore:
     def info(self) -> dict[str, Any]:
         """A summary for `relm info`: counts, encoder, chunker, domains, disk use."""
         from ..artifacts import dir_size, read_json
+        from ..retrieval.indexes import list_indexes
 
         m = self.manifest
         disk = dir_size(self.root)
@@ -354,6 +355,10 @@ class Datastore:
             "disk_bytes": disk,
             "bytes_per_passage_beyond_text": (disk - text) / max(len(self), 1),
             "stats": read_json(stats_path) if stats_path.exists() else None,
+            "indexes": list_indexes(self),
+            "generation": self.generation,
+            "revision": self.revision,
+            "deleted": m.get("deleted"),
         }
 
 

@@ -1,0 +1,38 @@
+"""`relm add DS INPUT...`: embed new documents and add them to the datastore and every index."""
+
+from __future__ import annotations
+
+from ..config import ReaderConfig
+from .common import HelpFormatter
+
+
+def register(sub) -> None:
+    p = sub.add_parser("add", help="add documents to a datastore and its indexes (no retraining)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("datastore", metavar="DS")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs")
+    p.add_argument("--text-field", default=ReaderConfig.text_field)
+    p.add_argument("--id-field", default=ReaderConfig.id_field)
+    p.add_argument("--domain", action="append", default=[], metavar="D",
+                   help="domain label: once for all inputs, or once per input")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..datastore import Datastore
+    from ..datastore.update import add_documents
+    from ..retrieval.maintenance import update_indexes
+
+    ds = Datastore.open(args.datastore)
+    n, docs = len(ds), ds.n_documents
+    reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field, domains=tuple(args.domain),
+                          on_error=args.on_error)
+    ds = add_documents(ds, args.inputs, reader, show_progress=args.progress)
+    updated = update_indexes(ds)
+    print(f"added {ds.n_documents - docs:,} documents ({len(ds) - n:,} passages) to {ds.root}; "
+          f"updated indexes: {', '.join(updated) or 'none'}")
+    return 0

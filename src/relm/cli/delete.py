@@ -1,0 +1,34 @@
+"""`relm delete DS --doc-id ID...`: tombstone documents; no search returns them afterwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .common import HelpFormatter
+
+
+def register(sub) -> None:
+    p = sub.add_parser("delete", help="delete documents (tombstones; `relm compact` reclaims the space)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("datastore", metavar="DS")
+    p.add_argument("--doc-id", action="append", default=[], metavar="ID", help="document id (repeatable)")
+    p.add_argument("--doc-ids-from", metavar="FILE", help="a file of document ids, one per line")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..datastore import Datastore
+    from ..datastore.update import delete_documents
+
+    ids = list(args.doc_id)
+    if args.doc_ids_from:
+        path = Path(args.doc_ids_from)
+        if not path.is_file():
+            raise InputError(args.doc_ids_from, None, "missing", "no such file")
+        ids += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ds = delete_documents(Datastore.open(args.datastore), ids)
+    d = ds.manifest["deleted"]
+    print(f"deleted {len(set(ids)):,} document(s); {d['documents']:,} documents "
+          f"({d['passages']:,} passages) are tombstoned in {ds.root}")
+    return 0

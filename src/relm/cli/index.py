@@ -1,0 +1,101 @@
+"""`relm index DS --name NAME ...`: build a faiss ANN, BM25 or sharded index inside a datastore."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import ConfigError
+from .common import HelpFormatter, parse_bytes
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "index",
+        help="build an ANN (faiss), BM25 or sharded index",
+        description="Build an index under DS/indexes/NAME/. Dense: --factory takes a preset "
+        "(flat, hnsw, ivfpq, ivf-hnsw-pq, opq-ivfpq), any faiss index_factory string, or 'auto' (planned "
+        "for --memory-budget). Sparse: --bm25. Sharded: --shards N --shard-by kmeans|lsh|domain.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("datastore", metavar="DS")
+    p.add_argument("--name", required=True, help="index name (a directory under DS/indexes/)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--factory", help="faiss preset or index_factory string, or 'auto' (default: hnsw)")
+    kind.add_argument("--bm25", action="store_true", help="a BM25 index over the passage text (bm25s)")
+    kind.add_argument("--shards", type=int, metavar="N", help="a sharded index of N shards")
+    p.add_argument("--shard-by", choices=["kmeans", "lsh", "domain"],
+                   help="a sharded index partitioned this way (kmeans with --shards alone; "
+                   "domain: one shard per domain)")
+    p.add_argument("--shard-factory", default="Flat", help="sharded: faiss index_factory string per shard")
+    p.add_argument("--memory-budget", help="with --factory auto: RAM for the index, e.g. 8GB, 512MB")
+    p.add_argument("--train-size", type=int, help="training sample (default: chosen from the list count)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    p.add_argument("--nprobe", type=int, help="default IVF lists probed at search")
+    p.add_argument("--ef-search", type=int, help="default HNSW efSearch at search")
+    p.add_argument("--refine", type=int, dest="refine_factor",
+                   help="re-score k x REFINE candidates exactly from the float16 vectors (0: off)")
+    p.add_argument("--tune", action="store_true", help="pick the cheapest knobs reaching --target-recall")
+    p.add_argument("--target-recall", type=float, default=0.95, help="with --tune: recall@k to reach")
+    p.add_argument("--tune-k", type=int, default=10, help="with --tune: the k of recall@k")
+    p.add_argument("--tune-queries", type=int, default=1000, help="with --tune: held-out query sample size")
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing index of this name")
+    p.add_argument("--json", action="store_true", help="print the index config as JSON")
+    bar = p.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..datastore import Datastore
+
+    ds = Datastore.open(args.datastore)
+    if args.bm25:
+        from ..retrieval.bm25 import BM25Config, build_bm25_index
+
+        index = build_bm25_index(ds, args.name, BM25Config(), overwrite=args.overwrite,
+                                 show_progress=args.progress)
+        config = index.meta
+    elif args.shards is not None or args.shard_by is not None:
+        from ..retrieval.sharding import ShardConfig, build_sharded_index
+
+        index = build_sharded_index(
+            ds, args.name,
+            ShardConfig(by=args.shard_by or "kmeans", n_shards=args.shards or 8, factory=args.shard_factory,
+                        seed=args.seed),
+            overwrite=args.overwrite,
+        )
+        config = index.config
+    else:
+        config = _build_ann(ds, args)
+    if args.json:
+        print(json.dumps(config, indent=2))
+    else:
+        print(f"index {args.name!r} ({config['type']}) built in {ds.root}/indexes/{args.name}")
+    return 0
+
+
+def _build_ann(ds, args) -> dict:
+    from ..retrieval.ann import AnnConfig, build_ann_index, plan_index, tune_ann_index
+
+    factory = args.factory or "hnsw"
+    if factory == "auto":
+        if not args.memory_budget:
+            raise ConfigError("--factory auto needs --memory-budget (e.g. 8GB)")
+        plan = plan_index(len(ds), ds.dim, parse_bytes(args.memory_budget))
+        print(f"plan: {plan.factory} — memory ~{plan.est_memory_bytes / 2**20:,.0f} MiB, "
+              f"disk ~{plan.est_disk_bytes / 2**20:,.0f} MiB, build ~{plan.est_build_seconds:,.0f} s ({plan.reason})")
+        factory = plan.factory
+    elif args.memory_budget:
+        raise ConfigError("--memory-budget only applies to --factory auto")
+    knobs = {k: getattr(args, k) for k in ("nprobe", "ef_search", "refine_factor") if getattr(args, k) is not None}
+    config = AnnConfig(factory=factory, train_size=args.train_size, seed=args.seed, **knobs)
+    index = build_ann_index(ds, args.name, config, overwrite=args.overwrite, show_progress=args.progress)
+    if args.tune:
+        result = tune_ann_index(ds, args.name, target_recall=args.target_recall, k=args.tune_k,
+                                n_queries=args.tune_queries, seed=args.seed)
+        print(f"tuned: {result}")
+    from ..retrieval.ann import AnnIndex
+
+    del index
+    return AnnIndex.open(ds, args.name).config
