@@ -168,3 +168,25 @@ def test_add_delete_compact_from_the_cli(tmp_path, capsys):
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["counts"]["documents"] == 4 and info["deleted"] is None and info["generation"] == 2
+
+
+def test_ann_index_tune_eval_and_search(built, capsys):
+    _, out = built
+    assert main(["index", str(out), "--name", "hn", "--factory", "hnsw", "--tune", "--target-recall", "0.9",
+                 "--tune-queries", "10", "--tune-k", "3"]) == 0
+    assert "tuned" in capsys.readouterr().out
+    assert main(["index-eval", str(out), "--name", "hn", "--queries", "10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["recall@1"] >= 0.9 and report["bytes_per_vector"] > 0
+    assert main(["search", str(out), "whale ship captain", "-k", "3", "--json", "--retriever", "ann",
+                 "--index", "hn"]) == 0
+    ann = json.loads(capsys.readouterr().out)["hits"]
+    assert main(["search", str(out), "whale ship captain", "-k", "3", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out)["hits"]
+    assert [h["passage_id"] for h in ann] == [h["passage_id"] for h in exact]  # a tiny HNSW is exact
+    assert main(["index", str(out), "--name", "x", "--factory", "NoSuchIndex42"]) == 2
+    assert "NoSuchIndex42" in capsys.readouterr().err
+    assert main(["index", str(out), "--name", "a", "--factory", "auto"]) == 2
+    assert "--memory-budget" in capsys.readouterr().err
+    assert main(["index", str(out), "--name", "a", "--factory", "auto", "--memory-budget", "1GB"]) == 0
+    assert "plan:" in capsys.readouterr().out

@@ -1,0 +1,495 @@
+"""Dense approximate nearest-neighbour indexes (faiss) over a datastore's embeddings.
+
+    build_ann_index(ds, "dense", AnnConfig("ivf-hnsw-pq"))   # -> DS/indexes/dense/{index.faiss, config.json}
+    index = AnnIndex.open(ds, "dense")                        # memory-mapped where faiss can
+    scores, ids = index.search(query_vectors, k=10, refine_factor=4, allowed=mask)
+
+Building trains on a seeded random sample of the datastore's vectors (read from
+the float16 shards, upcast to float32 only for the sample), then adds every
+vector shard by shard in blocks of `add_block_rows`, so memory stays at the
+index plus one block. Passage ids are the faiss ids: vectors are added in
+passage order, so the i-th vector added is passage i.
+
+Search goes through per-call faiss `SearchParameters` (nprobe, efSearch, an
+`IDSelectorBitmap` for `allowed`), nested so they reach the inner index of an
+IVF with an HNSW quantizer or behind an OPQ rotation; nothing on the shared
+index is mutated, so concurrent searches are safe. Refining fetches k x
+refine_factor candidates and re-scores them exactly with the datastore's own
+vectors. Parameters and refining live in `ann_search.py`, tuning and evaluation in
+`ann_tune.py`, sizing in `planner.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DatastoreError
+from ..progress import progress
+from . import planner
+from .ann_search import refine_exact, search_parameters, selector, shard_reader
+from .indexes import (
+    SearchResult,
+    check_k,
+    datastore_state,
+    index_dir,
+    prepare_index_dir,
+    read_index_config,
+    write_index_config,
+)
+
+log = logging.getLogger(__name__)
+
+KIND = "faiss"
+INDEX_FILE = "index.faiss"
+METRIC = "inner_product"
+
+
+@dataclass(frozen=True)
+class AnnConfig:
+    """How to build an ANN index; saved in its config.json ("ann_config") and rebuilt with `from_dict`.
+
+    factory: a preset (`planner.PRESETS`), "auto" (planned from `memory_budget_bytes`), or any faiss
+        `index_factory` string (inner-product metric).
+    train_size: training vectors; None: 64 x nlist, at least 9,984 for PQ, capped by the datastore.
+    nprobe, ef_search, refine_factor: search defaults (None nprobe: min(nlist, 16)); `tune_ann_index`
+        replaces them with measured ones.
+    memory_budget_bytes: for "auto"; None: half the machine's physical memory.
+    """
+
+    factory: str = "ivf-hnsw-pq"
+    train_size: int | None = None
+    seed: int = 0
+    nprobe: int | None = None
+    ef_search: int = 64
+    refine_factor: int = 0
+    add_block_rows: int = 65_536
+    memory_budget_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AnnConfig:
+        """Rebuild from a config.json's "ann_config" (unknown keys from other versions are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# -- resolving the factory --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    factory: str
+    preset: str | None
+    plan: planner.Plan | None
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def faiss_message(e: Exception) -> str:
+    """The useful tail of a faiss C++ error ('Error in f() at file.cpp:12: could not parse ...')."""
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    m = re.match(r"^Error in .*? at \S+:\d+: (.*)$", text)
+    return m.group(1) if m else text
+
+
+def resolve_factory(config: AnnConfig, n: int, d: int) -> Resolved:
+    """The factory string this config builds for n vectors of dimension d, checked by faiss."""
+    name = config.factory
+    if name == "auto":
+        budget = config.memory_budget_bytes or _half_physical_memory()
+        plan = planner.plan_index(n, d, budget)
+        return Resolved(plan.factory, plan.preset, plan)
+    if name in planner.PRESETS:
+        factory, preset = planner.preset_factory(name, n, d), name
+    else:
+        factory, preset = name, None
+    try:
+        _faiss().index_factory(d, factory, _faiss().METRIC_INNER_PRODUCT)
+    except Exception as e:  # faiss raises RuntimeError for parse errors, others for bad shapes
+        raise ConfigError(
+            f"unknown ANN index {name!r}: not a preset ({', '.join(planner.PRESETS)}, auto) "
+            f"and faiss cannot build it for dimension {d} ({faiss_message(e)})"
+        ) from e
+    return Resolved(factory, preset, None)
+
+
+def _half_physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def describe(index) -> dict[str, Any]:
+    """The structure search needs to know: which knobs apply and how to nest SearchParameters."""
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    pretransform = isinstance(index, faiss.IndexPreTransform)
+    base = faiss.downcast_index(index.index) if pretransform else faiss.downcast_index(index)
+    quantizer = None
+    if ivf is not None:
+        quantizer = "hnsw" if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW) else "flat"
+    return {
+        "index_class": type(faiss.downcast_index(index)).__name__,
+        "ivf": ivf is not None,
+        "nlist": int(ivf.nlist) if ivf is not None else None,
+        "quantizer": quantizer,
+        "hnsw": isinstance(base, faiss.IndexHNSW),
+        "pretransform": pretransform,
+        "code_size": int(ivf.code_size) if ivf is not None else int(getattr(base, "code_size", 0)),
+    }
+
+
+# -- building ---------------------------------------------------------------------------------------
+
+
+def iter_vector_blocks(ds, first: int, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first id, float32 block) for passages [first, len(ds)), shard by shard, block_rows at a time."""
+    for start, vectors in ds.embedding_shards:
+        stop = start + vectors.shape[0]
+        if stop <= first:
+            continue
+        for b0 in range(max(first - start, 0), vectors.shape[0], block_rows):
+            yield start + b0, np.ascontiguousarray(vectors[b0 : b0 + block_rows], dtype=np.float32)
+
+
+def train_sample(ds, size: int, seed: int) -> np.ndarray:
+    """A seeded random sample of `size` datastore vectors as float32 (size, d), read in id order."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(len(ds), size=size, replace=False))
+    return ds.embeddings(ids).astype(np.float32)
+
+
+def vector_probe(ds, n: int) -> str:
+    """A fingerprint of 16 evenly spaced vectors among the first n: `add_new_vectors` refuses a
+    datastore whose indexed vectors changed (rewritten or compacted) rather than appended to."""
+    ids = np.unique(np.linspace(0, n - 1, num=min(16, n)).astype(np.int64))
+    return hashlib.sha256(np.ascontiguousarray(ds.embeddings(ids)).tobytes()).hexdigest()[:16]
+
+
+def _seed(index, seed: int) -> None:
+    """Seed faiss's k-means (coarse quantizer and PQ codebooks); HNSW insertion is not seedable."""
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        sub = faiss.downcast_index(ivf)
+        if hasattr(sub, "pq"):
+            sub.pq.cp.seed = seed
+
+
+def _add(index, block: np.ndarray, first: int) -> None:
+    """Add a block whose ids are first..first+len-1: ids are passage ids."""
+    faiss = _faiss()
+    if faiss.try_extract_index_ivf(index) is not None or isinstance(index, faiss.IndexIDMap):
+        index.add_with_ids(block, np.arange(first, first + len(block), dtype=np.int64))
+    else:
+        if index.ntotal != first:
+            raise DatastoreError(f"internal: index holds {index.ntotal} vectors, adding from id {first}")
+        index.add(block)
+
+
+def _add_all(index, ds, first: int, block_rows: int, desc: str, show_progress: bool | None) -> None:
+    bar = progress(total=len(ds) - first, desc=desc, unit="vec", unit_scale=True, enabled=show_progress)
+    with bar:
+        for start, block in iter_vector_blocks(ds, first, block_rows):
+            _add(index, block, start)
+            bar.update(len(block))
+
+
+def _write_index(index, path: Path) -> None:
+    """faiss.write_index to NAME.tmp, fsync, then os.replace: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    _faiss().write_index(index, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_ann_index(
+    ds, name: str, config: AnnConfig = AnnConfig(), *, overwrite: bool = False, show_progress: bool | None = None
+) -> AnnIndex:
+    """Train and fill a faiss index over every datastore vector; saved as DS/indexes/NAME/."""
+    faiss = _faiss()
+    n, d = len(ds), ds.dim
+    if n == 0:
+        raise DatastoreError(f"{ds.root} holds no passages; nothing to index")
+    for knob, minimum in (("add_block_rows", 1), ("train_size", 1), ("nprobe", 1), ("ef_search", 1),
+                          ("refine_factor", 0)):
+        _knob(knob, getattr(config, knob), minimum)
+    resolved = resolve_factory(config, n, d)
+    index = faiss.index_factory(d, resolved.factory, faiss.METRIC_INNER_PRODUCT)
+    structure = describe(index)
+    uses_pq = "PQ" in resolved.factory
+    train_size = 0
+    if not index.is_trained:
+        train_size = config.train_size or planner.default_train_size(n, structure["nlist"], uses_pq)
+        train_size = min(train_size, n)
+        if uses_pq and train_size < planner.PQ_CENTROIDS:
+            raise ConfigError(
+                f"{resolved.factory} needs at least {planner.PQ_CENTROIDS} training vectors for its PQ "
+                f"codebooks, got {train_size:,} (datastore: {n:,} passages); raise train_size, or use the "
+                "flat or hnsw preset"
+            )
+    path = prepare_index_dir(ds, name, overwrite)
+    _seed(index, config.seed)
+    seconds: dict[str, float] = {}
+    t_start = time.perf_counter()
+    if train_size:
+        t0 = time.perf_counter()
+        sample = train_sample(ds, train_size, config.seed)
+        seconds["sample"] = time.perf_counter() - t0
+        log.info("training %s on %d vectors", resolved.factory, train_size)
+        t0 = time.perf_counter()
+        try:
+            index.train(sample)
+        except RuntimeError as e:
+            raise ConfigError(f"faiss could not train {resolved.factory}: {faiss_message(e)}") from e
+        seconds["train"] = time.perf_counter() - t0
+        del sample
+    t0 = time.perf_counter()
+    _add_all(index, ds, 0, config.add_block_rows, f"index {name}", show_progress)
+    seconds["add"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _write_index(index, path / INDEX_FILE)
+    seconds["write"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+    nlist = structure["nlist"]
+    search = {
+        "nprobe": (config.nprobe or min(nlist, 16)) if nlist else None,
+        "ef_search": config.ef_search,
+        "refine_factor": config.refine_factor,
+    }
+    write_index_config(
+        path,
+        {
+            "type": KIND,
+            "name": name,
+            "factory": resolved.factory,
+            "preset": resolved.preset,
+            "plan": resolved.plan.to_dict() if resolved.plan else None,
+            "metric": METRIC,
+            "train_size": train_size,
+            "seed": config.seed,
+            "dim": d,
+            "ntotal": int(index.ntotal),
+            "structure": structure,
+            "ann_config": config.to_dict(),
+            "search": search,
+            "build": {
+                "seconds": {k: round(v, 4) for k, v in seconds.items()},
+                "vectors_per_s": n / max(seconds["add"], 1e-9),
+                "faiss_version": faiss.__version__,
+            },
+            "probe": vector_probe(ds, n),
+            "datastore": datastore_state(ds),
+        },
+    )
+    log.info("built ANN index %r (%s) over %d vectors in %.1fs", name, resolved.factory, n, seconds["total"])
+    return AnnIndex.open(ds, name)
+
+
+# -- the opened index -------------------------------------------------------------------------------
+
+
+def read_faiss_index(path: Path, structure: dict[str, Any]) -> tuple[Any, str]:
+    """Load memory-mapped where faiss supports it: IVF inverted lists with IO_FLAG_MMAP (read-only),
+    flat code arrays (Flat, HNSW storage, PQ) with IO_FLAG_MMAP_IFC; otherwise a normal read.
+    Returns (index, mode) with mode in {"mmap", "mmap-codes", "read"}."""
+    faiss = _faiss()
+    attempts = (
+        [(faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, "mmap")]
+        if structure["ivf"]
+        else [(faiss.IO_FLAG_MMAP_IFC, "mmap-codes")]
+    )
+    for flag, mode in attempts:
+        try:
+            index = faiss.read_index(str(path), flag)
+        except RuntimeError as e:
+            log.info("%s: %s load failed (%s); reading it into memory", path, mode, faiss_message(e))
+            continue
+        ivf = faiss.try_extract_index_ivf(index)
+        lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+        if isinstance(lists, faiss.OnDiskInvertedLists):
+            # its default prefetch starts 32 threads per search call: 20x slower single queries
+            lists.prefetch_nthread = 0
+        return index, mode
+    try:
+        return faiss.read_index(str(path)), "read"
+    except RuntimeError as e:
+        raise DatastoreError(f"{path}: unreadable faiss index ({faiss_message(e)}); rebuild it with --overwrite") from e
+
+
+class AnnIndex:
+    """An opened faiss index over a datastore: search with passage ids, refine, add appended vectors."""
+
+    def __init__(self, ds, name: str, config: dict[str, Any], index, load_mode: str):
+        self.ds = ds
+        self.name = name
+        self.config = config
+        self.index = index
+        self.load_mode = load_mode
+        self.structure: dict[str, Any] = config["structure"]
+        self.dim = int(index.d)
+        self._fetch = shard_reader(ds.embedding_shards)
+        self._params: dict[tuple[int | None, int], Any] = {}  # unfiltered SearchParameters, reused
+
+    @classmethod
+    def open(cls, ds, name: str, *, check_fresh: bool = True) -> AnnIndex:
+        """Open DS/indexes/NAME, refusing an index older than the datastore or built for another encoder
+        (`check_fresh=False` skips that, to bring a stale index up to date with `add_new_vectors`)."""
+        config = read_index_config(ds, name, kind=KIND, check_fresh=check_fresh)
+        path = index_dir(ds, name) / INDEX_FILE
+        if not path.exists():
+            raise DatastoreError(f"{path.parent}: damaged index, missing {INDEX_FILE}; rebuild it with --overwrite")
+        index, mode = read_faiss_index(path, config["structure"])
+        if index.ntotal != config["ntotal"] or index.d != ds.dim:
+            raise DatastoreError(
+                f"{path}: holds {index.ntotal:,} vectors of dimension {index.d}, its config says "
+                f"{config['ntotal']:,} of {config['dim']}; rebuild it with --overwrite"
+            )
+        log.debug("opened ANN index %r (%s, %s)", name, config["factory"], mode)
+        return cls(ds, name, config, index, mode)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.config["search"])
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        refine_factor: int | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> SearchResult:
+        """Approximate top-k by inner product for query vectors (nq, d): (scores, passage ids).
+
+        Knobs default to the stored ones (set at build, replaced by tuning); a knob that does not
+        apply to this index type (nprobe on HNSW, ef_search on a flat-quantizer IVF) is ignored.
+        refine_factor r ≥ 1 re-scores k·r candidates with the datastore's float16 vectors, so the
+        returned scores of refined hits are exact. `allowed` (bool, one per passage) excludes False ids.
+        """
+        k = check_k(k)
+        queries = self._queries(vectors)
+        d = self.config["search"]
+        nprobe = _knob("nprobe", nprobe if nprobe is not None else d.get("nprobe"), 1)
+        ef_search = _knob("ef_search", ef_search if ef_search is not None else d.get("ef_search") or 64, 1)
+        refine = _knob("refine_factor", refine_factor if refine_factor is not None else d.get("refine_factor"), 0)
+        refine = refine or 0
+        if len(queries) == 0:
+            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        if allowed is None:
+            # read-only during a search, so one object serves concurrent calls
+            params = self._params.get((nprobe, ef_search))
+            if params is None and len(self._params) < 64:
+                params = self._params[nprobe, ef_search] = search_parameters(self.structure, nprobe, ef_search)
+            elif params is None:
+                params = search_parameters(self.structure, nprobe, ef_search)
+        else:
+            params = search_parameters(self.structure, nprobe, ef_search, selector(allowed, self.ntotal))
+        kk = k * refine if refine else k
+        scores, ids = self.index.search(queries, kk, params=params)
+        if refine:
+            return refine_exact(queries, ids, k, self._fetch)
+        scores[ids < 0] = -np.inf  # faiss pads inner-product results with -FLT_MAX
+        return scores, ids
+
+    def _queries(self, vectors: np.ndarray) -> np.ndarray:
+        q = np.asarray(vectors, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2:
+            raise ConfigError(f"query vectors must be (nq, d), got shape {q.shape}")
+        if q.shape[1] != self.dim:
+            raise ConfigError(f"query vectors have dimension {q.shape[1]}, index {self.name!r} has {self.dim}")
+        return np.ascontiguousarray(q)
+
+    def add_new_vectors(self, ds=None, *, show_progress: bool | None = None) -> int:
+        """Add the passages appended since the build ([ntotal, len(ds))), save, and record the new
+        datastore state. No retraining: codes use the existing centroids. Returns how many were added."""
+        return add_new_vectors(ds if ds is not None else self.ds, self.name, show_progress=show_progress, into=self)
+
+
+def _knob(name: str, value: int | None, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def add_new_vectors(ds, name: str, *, show_progress: bool | None = None, into: AnnIndex | None = None) -> int:
+    """Bring index NAME up to date with passages appended to `ds` since it was built (see AnnIndex)."""
+    config = read_index_config(ds, name, kind=KIND, check_fresh=False)
+    built = config["datastore"]
+    now = datastore_state(ds)
+    for key, what in (("encoder_fingerprint", "another encoder"), ("dim", "another dimension")):
+        if built.get(key) != now[key]:
+            raise DatastoreError(f"index {name!r} was built for {what}; rebuild it with --overwrite")
+    ntotal = int(config["ntotal"])
+    if len(ds) < ntotal or vector_probe(ds, ntotal) != config["probe"]:
+        raise DatastoreError(
+            f"index {name!r}: the datastore's first {ntotal:,} vectors are not the ones indexed "
+            "(it was rewritten or compacted, not appended to); rebuild it with --overwrite"
+        )
+    path = index_dir(ds, name) / INDEX_FILE
+    if len(ds) == ntotal and built == now:
+        return 0
+    index = _faiss().read_index(str(path))  # a writable copy: mmapped lists are read-only
+    if index.ntotal != ntotal:
+        raise DatastoreError(f"{path}: holds {index.ntotal:,} vectors, its config says {ntotal:,}; rebuild it")
+    t0 = time.perf_counter()
+    _add_all(index, ds, ntotal, int(config["ann_config"]["add_block_rows"]), f"update {name}", show_progress)
+    _write_index(index, path)
+    added = len(ds) - ntotal
+    config = {
+        **config,
+        "ntotal": int(index.ntotal),
+        "probe": vector_probe(ds, len(ds)),
+        "datastore": now,
+        "updates": [*config.get("updates", []), {"added": added, "seconds": round(time.perf_counter() - t0, 4)}],
+    }
+    write_index_config(path.parent, config)
+    log.info("added %d vectors to ANN index %r (now %d)", added, name, index.ntotal)
+    if into is not None:
+        fresh = AnnIndex.open(ds, name)
+        into.ds, into.config, into.index, into.load_mode = ds, fresh.config, fresh.index, fresh.load_mode
+        into._params, into._fetch = {}, shard_reader(ds.embedding_shards)
+    return added
+
+
+# tuning, evaluation and planning live in their own modules; re-exported so `relm.retrieval.ann` is the one
+# import for everything about faiss indexes (ann_tune imports this module, hence the late import)
+from .ann_tune import evaluate_ann_index, tune_ann_index  # noqa: E402
+from .planner import Plan, plan_index  # noqa: E402
+
+__all__ = [
+    "AnnConfig",
+    "AnnIndex",
+    "Plan",
+    "add_new_vectors",
+    "build_ann_index",
+    "evaluate_ann_index",
+    "plan_index",
+    "tune_ann_index",
+]

@@ -1,0 +1,149 @@
+"""The pure pieces of `AnnIndex.search`: faiss SearchParameters, the `allowed` selector, and exact
+re-scoring of candidates with the datastore's float16 vectors (refine)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .indexes import SearchResult
+from .topk import PAD_ID, topk
+
+REFINE_BLOCK_BYTES = 8 << 20  # float32 candidate rows upcast at once: 8 MiB = 68 queries x k·r 80 x d 384
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+# -- search parameters ------------------------------------------------------------------------------
+
+
+def selector(allowed: np.ndarray | None, ntotal: int):
+    """An IDSelectorBitmap over passage ids (bit i of byte i//8, little-endian), or None."""
+    if allowed is None:
+        return None
+    allowed = np.asarray(allowed)
+    if allowed.dtype != np.bool_ or allowed.ndim != 1:
+        raise ConfigError(f"allowed must be a 1-d boolean mask over passage ids, got {allowed.dtype} {allowed.shape}")
+    if len(allowed) != ntotal:
+        raise ConfigError(f"allowed mask has {len(allowed):,} entries, the index {ntotal:,} passages")
+    return _faiss().IDSelectorBitmap(np.packbits(allowed, bitorder="little"))
+
+
+def search_parameters(structure: dict[str, Any], nprobe: int | None, ef_search: int, sel=None):
+    """Per-call faiss SearchParameters, nested so each knob reaches the index it belongs to:
+
+    IVF:            SearchParametersIVF(nprobe, sel[, quantizer_params=SearchParametersHNSW(efSearch)])
+    HNSW:           SearchParametersHNSW(efSearch, sel)
+    other (Flat):   SearchParameters(sel) or None
+    OPQ / PCA:      SearchParametersPreTransform(index_params=<the above>)
+
+    SearchParameters keep Python references to their sub-objects, so nothing is freed early.
+    """
+    faiss = _faiss()
+    if structure["ivf"]:
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe or 1))
+        if structure["quantizer"] == "hnsw":
+            # the quantizer returns nprobe lists; efSearch below nprobe would be raised to it anyway
+            params.quantizer_params = faiss.SearchParametersHNSW(efSearch=max(int(ef_search), int(nprobe or 1)))
+    elif structure["hnsw"]:
+        params = faiss.SearchParametersHNSW(efSearch=int(ef_search))
+    elif sel is None:
+        return None
+    else:
+        params = faiss.SearchParameters()
+    if sel is not None:
+        params.sel = sel
+    if structure["pretransform"]:
+        params = faiss.SearchParametersPreTransform(index_params=params)
+    return params
+
+
+# -- exact re-scoring -------------------------------------------------------------------------------
+
+
+def refine_exact(
+    queries: np.ndarray, candidates: np.ndarray, k: int, fetch: Callable[[np.ndarray], np.ndarray]
+) -> SearchResult:
+    """Re-score candidate ids exactly and keep the top k.
+
+    s[i, j] = <q_i, x_c(i,j)>, x read by `fetch(ids) -> (len(ids), d)` (float16 rows, upcast to
+    float32); padding candidates (id -1) score -inf. queries (nq, d), candidates (nq, c) distinct per
+    row (as faiss returns). Blocks of queries keep the upcast rows at REFINE_BLOCK_BYTES (cache-sized).
+    The float16 -> float32 cast dominates (~1.5 ns per value with numpy), so a single query's
+    fixed costs are kept to a few numpy calls.
+    """
+    nq, d = queries.shape
+    c = candidates.shape[1]
+    out_s = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    batch = max(1, REFINE_BLOCK_BYTES // (4 * d * max(c, 1)))
+    for q0 in range(0, nq, batch):
+        q = queries[q0 : q0 + batch]
+        cand = candidates[q0 : q0 + batch]
+        pads = cand < 0
+        has_pad = bool(pads.any())
+        flat = np.where(pads, 0, cand).ravel() if has_pad else cand.ravel()
+        rows = to_float32(fetch(flat)).reshape(len(q), c, d)  # (nb, c, d)
+        scores = np.matmul(rows, q[:, :, None])[:, :, 0]  # (nb, c, d) @ (nb, d, 1) -> (nb, c)
+        if has_pad:
+            scores[pads] = -np.inf
+        out_s[q0 : q0 + len(q)], out_i[q0 : q0 + len(q)] = _small_topk(scores, cand, k, has_pad)
+    return out_s, out_i
+
+
+def to_float32(rows: np.ndarray) -> np.ndarray:
+    """float16 (n, d) -> float32 (n, d) with faiss's fp16 scalar-quantizer decoder, about twice as
+    fast as numpy's astype (which converts one value at a time); other dtypes go through numpy."""
+    if rows.dtype != np.float16 or rows.ndim != 2 or len(rows) == 0:
+        return np.asarray(rows, dtype=np.float32)
+    return _fp16_decoder(rows.shape[1]).decode(np.ascontiguousarray(rows).view(np.uint8))
+
+
+@lru_cache(maxsize=8)
+def _fp16_decoder(d: int):
+    """One decoder per dimension: `decode` is const, so concurrent searches may share it."""
+    faiss = _faiss()
+    return faiss.ScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16)
+
+
+def _small_topk(scores: np.ndarray, ids: np.ndarray, k: int, has_pad: bool = True) -> SearchResult:
+    """`topk` for the few hundred candidates of a refine (ids -1 where scores are -inf): one lexsort
+    by (-score, id) per row; topk's argpartition path costs ~50 µs a call, as much as a query."""
+    if scores.shape[1] > 1024:
+        return topk(scores, k, ids=ids)
+    key_ids = np.where(ids == PAD_ID, np.iinfo(np.int64).max, ids) if has_pad else ids
+    order = np.lexsort((key_ids, -scores), axis=1)[:, :k]
+    s = np.take_along_axis(scores, order, axis=1)
+    i = np.take_along_axis(ids, order, axis=1)
+    if s.shape[1] < k:  # fewer candidates than k
+        pad = k - s.shape[1]
+        s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, pad)), constant_values=PAD_ID)
+    return s.astype(np.float32, copy=False), i
+
+
+def shard_reader(shards: list[tuple[int, np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
+    """fetch(ids) -> float16 rows from [(first id, memmap)] shards; ids come from the index, so they
+    are not range-checked (`Datastore.embeddings` does the same with checks, ~10 µs more a call)."""
+    starts = np.array([start for start, _ in shards], dtype=np.int64)
+    if len(shards) == 1:
+        arr = shards[0][1]
+        return lambda ids: arr[ids]
+
+    def fetch(ids: np.ndarray) -> np.ndarray:
+        which = np.searchsorted(starts, ids, side="right") - 1
+        out = np.empty((len(ids), shards[0][1].shape[1]), dtype=np.float16)
+        for w in np.unique(which):
+            sel = which == w
+            out[sel] = shards[w][1][ids[sel] - starts[w]]
+        return out
+
+    return fetch

@@ -1,0 +1,220 @@
+"""Tune and evaluate ANN indexes against exact search.
+
+Queries are the vectors of a seeded random sample of passages. Every one of
+them is in the index, so each query's own passage is removed from both the
+exact and the approximate result lists before comparing: recall measures how
+many true neighbours were found, not whether a vector finds itself.
+
+    recall@k = mean over queries of |A_k ∩ E_k| / |E_k|
+
+(A_k: approximate top k, E_k: exact top k, both without the query's passage;
+the intersection measure of faiss `contrib.evaluation` and ann-benchmarks.)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .ann import INDEX_FILE, KIND, AnnIndex
+from .exact import exact_search
+from .indexes import check_k, index_dir, write_index_config
+from .topk import PAD_ID
+
+log = logging.getLogger(__name__)
+
+EF_GRID = (16, 32, 64, 128, 256, 512)
+REFINE_GRID = (0, 2, 4, 8)
+PLATEAU = 0.002  # stop raising a knob once recall gains less than this per doubling
+
+Knobs = dict[str, int]
+
+
+# -- pure pieces ------------------------------------------------------------------------------------
+
+
+def sample_queries(ds, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(passage ids (nq,), float32 vectors (nq, d)) of a seeded random sample of passages."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(len(ds), size=min(n_queries, len(ds)), replace=False))
+    return ids, ds.embeddings(ids).astype(np.float32)
+
+
+def drop_self(scores: np.ndarray, ids: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove each row's own id (self_ids[i]) and keep the first k others, order preserved.
+
+    Rows searched with k + 1 keep k real neighbours whether or not the self-match was found.
+    """
+    keep = ids != self_ids[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept positions first, in rank order
+    s = np.take_along_axis(scores, order, axis=1)
+    i = np.take_along_axis(ids, order, axis=1)
+    dropped = ~np.take_along_axis(keep, order, axis=1)  # only when a row had fewer than k others
+    return np.where(dropped, -np.inf, s).astype(np.float32), np.where(dropped, PAD_ID, i)
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
+    """mean_i |A_i[:k] ∩ E_i[:k]| / |E_i[:k]|; padding (-1) never counts."""
+    a, e = approx[:, :k], exact[:, :k]
+    found = ((a[:, :, None] == e[:, None, :]) & (e[:, None, :] >= 0)).any(axis=1).sum(axis=1)
+    return float(np.mean(found / np.maximum((e >= 0).sum(axis=1), 1)))
+
+
+def knob_chains(structure: dict[str, Any], refine_grid=REFINE_GRID, ef_grid=EF_GRID) -> list[list[Knobs]]:
+    """The tuning grid as chains of settings ordered by rising cost (and recall).
+
+    IVF: nprobe = 1, 2, 4, ... nlist, per refine factor (and, with an HNSW quantizer, per
+    efSearch ≥ nprobe). HNSW: efSearch 16..512 per refine factor. Anything else: refine only.
+    """
+    chains: list[list[Knobs]] = []
+    for r in refine_grid:
+        if structure["ivf"]:
+            nlist = structure["nlist"]
+            probes = [2**i for i in range(int(np.log2(nlist)) + 1)]
+            if structure["quantizer"] == "hnsw":
+                for ef in ef_grid:
+                    chains.append([{"nprobe": p, "ef_search": ef, "refine_factor": r} for p in probes if p <= ef])
+            else:
+                chains.append([{"nprobe": p, "refine_factor": r} for p in probes])
+        elif structure["hnsw"]:
+            chains.append([{"ef_search": ef, "refine_factor": r} for ef in ef_grid])
+        else:
+            chains.append([{"refine_factor": r}])
+    return [c for c in chains if c]
+
+
+def choose_setting(table: list[dict[str, Any]], target: float) -> tuple[dict[str, Any], bool]:
+    """The highest-qps row reaching the target recall, else the best-recall row. -> (row, reached)."""
+    feasible = [row for row in table if row["recall"] >= target]
+    if feasible:
+        return max(feasible, key=lambda r: (r["qps"], r["recall"])), True
+    return max(table, key=lambda r: (r["recall"], r["qps"])), False
+
+
+# -- measuring --------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def batched_qps(search: Callable[..., Any], queries: np.ndarray, k: int, **knobs) -> float:
+    _, seconds = timed(lambda: search(queries, k, **knobs))
+    return len(queries) / max(seconds, 1e-9)
+
+
+def single_qps(search: Callable[..., Any], queries: np.ndarray, k: int, **knobs) -> float:
+    def run():
+        for q in queries:
+            search(q[None, :], k, **knobs)
+
+    _, seconds = timed(run)
+    return len(queries) / max(seconds, 1e-9)
+
+
+def ground_truth(ds, query_ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids per query, its own passage removed (searched with k + 1)."""
+    s, i = exact_search(queries, ds.embedding_shards, k + 1)
+    return drop_self(s, i, query_ids, k)[1]
+
+
+def measure(index: AnnIndex, query_ids, queries, exact_ids, k: int, knobs: Knobs) -> dict[str, Any]:
+    """Recall@k (self removed) and batched queries/s of one knob setting."""
+    (s, i), seconds = timed(lambda: index.search(queries, k + 1, **knobs))
+    approx = drop_self(s, i, query_ids, k)[1]
+    return {**knobs, "recall": recall_at_k(approx, exact_ids, k), "qps": len(queries) / max(seconds, 1e-9)}
+
+
+# -- tuning -----------------------------------------------------------------------------------------
+
+
+def tune_ann_index(
+    ds, name: str, *, target_recall: float = 0.95, k: int = 10, n_queries: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Measure recall@k and batched queries/s over the knob grid; store the cheapest setting that
+    reaches `target_recall` (or, if none does, the best recall) as the index's search defaults.
+
+    Each chain of settings (rising cost) stops once it reaches the target, once it is slower than
+    the fastest setting already reaching it, or once recall stops improving.
+    """
+    k = check_k(k)
+    t_start = time.perf_counter()
+    index = AnnIndex.open(ds, name)
+    query_ids, queries = sample_queries(ds, n_queries, seed)
+    exact_ids = ground_truth(ds, query_ids, queries, k)
+    index.search(queries[:64], k)  # warm the page cache and faiss's thread pool
+    table: list[dict[str, Any]] = []
+    best_qps = 0.0
+    for chain in knob_chains(index.structure):
+        last = -1.0
+        for knobs in chain:
+            row = measure(index, query_ids, queries, exact_ids, k, knobs)
+            table.append(row)
+            log.debug("tune %s: %s", name, row)
+            if row["recall"] >= target_recall:
+                best_qps = max(best_qps, row["qps"])
+                break
+            if row["qps"] < best_qps or row["recall"] - last < PLATEAU:
+                break
+            last = row["recall"]
+    chosen, reached = choose_setting(table, target_recall)
+    if not reached:
+        log.warning(
+            "index %r: no setting reaches recall@%d %.3f; using the best (%.3f at %.0f queries/s)",
+            name, k, target_recall, chosen["recall"], chosen["qps"],
+        )
+    knobs = {key: chosen[key] for key in ("nprobe", "ef_search", "refine_factor") if key in chosen}
+    result = {
+        "target_recall": target_recall,
+        "k": k,
+        "n_queries": len(queries),
+        "seed": seed,
+        "reached": reached,
+        "chosen": chosen,
+        "table": table,
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    config = {**index.config, "search": {**index.config["search"], **knobs}, "tuning": result}
+    write_index_config(index_dir(ds, name), config)
+    return result
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+
+
+def evaluate_ann_index(
+    ds, name: str, *, n_queries: int = 1000, seed: int = 0, n_single: int = 200, **knobs
+) -> dict[str, Any]:
+    """Recall@1/10/100 against exact search (self removed), queries/s batched and one at a time
+    (k = 10), index bytes on disk and per vector. `knobs` override the stored search defaults."""
+    index = AnnIndex.open(ds, name)
+    query_ids, queries = sample_queries(ds, n_queries, seed)
+    kmax = min(100, len(ds) - 1)
+    if kmax < 1:
+        raise ValueError("evaluation needs at least two passages")
+    exact_ids = ground_truth(ds, query_ids, queries, kmax)
+    recalls = {}
+    for r in (1, 10, 100):
+        if r <= kmax:  # searched at k = r (+1 for the self-match): refine and HNSW depend on k
+            s, i = index.search(queries, r + 1, **knobs)
+            recalls[f"recall@{r}"] = recall_at_k(drop_self(s, i, query_ids, r)[1], exact_ids, r)
+    size = (index_dir(ds, name) / INDEX_FILE).stat().st_size
+    return {
+        "type": KIND,
+        "name": name,
+        "factory": index.config["factory"],
+        "load_mode": index.load_mode,
+        "search": {**index.defaults, **knobs},
+        "n_queries": len(queries),
+        **recalls,
+        "qps_batched": batched_qps(index.search, queries, 10, **knobs),
+        "qps_single": single_qps(index.search, queries[:n_single], 10, **knobs),
+        "index_bytes": size,
+        "bytes_per_vector": size / max(index.ntotal, 1),
+    }
