@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -184,7 +185,9 @@ def measure_pair(relm_fn, raw_fn, q, k, repeats: int, n_single: int) -> tuple[di
     return timing, relm_ids, raw_ids
 
 
-def bench_dataset(label: str, ds, queries, self_ids, args) -> dict:
+def bench_dataset(label: str, ds, queries, self_ids, args, previous: dict | None, save) -> dict:
+    """Every preset on one dataset; `save(result)` after each preset, so a killed run keeps what it
+    measured and `--resume` skips the presets in `previous` (the same dataset from an earlier run)."""
     n, d = len(ds), ds.dim
     kq = K + (self_ids is not None)  # one more when the query's own passage is in the index
     log(f"[{label}] {n:,} x {d}: exact ground truth for {len(queries)} queries")
@@ -196,65 +199,80 @@ def bench_dataset(label: str, ds, queries, self_ids, args) -> dict:
     xb = all_vectors(ds)
     refine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     refine.add(xb)
-    rows = []
+    done = set(previous["done_presets"]) & set(args.presets) if previous else set()
+    rows = [r for r in previous["rows"] if r["preset"] in done] if previous else []
+    result = {"dataset": label, "n": n, "dim": d, "n_queries": len(queries), "exact_qps_batched": exact_qps,
+              "rows": rows, "done_presets": sorted(done)}
     tmp = Path(tempfile.mkdtemp(prefix="relm-ann-bench-"))
     try:
         for preset in args.presets:
+            if preset in done:
+                log(f"[{label}] {preset}: measured in {args.out}; skipped (--resume)")
+                continue
             name = f"bench-{preset}"
-            log(f"[{label}] {preset}: relm build")
-            t0 = time.perf_counter()
-            index = build_ann_index(ds, name, AnnConfig(preset, seed=args.seed), overwrite=True,
-                                    show_progress=args.progress)
-            relm_build_s = time.perf_counter() - t0
-            factory = index.config["factory"]
-            size = (index_dir(ds, name) / "index.faiss").stat().st_size
-            if args.raw_build:
-                log(f"[{label}] {preset}: {factory} built in {relm_build_s:.1f}s; raw faiss build")
-                raw, raw_build_s = raw_build(ds, xb, factory, args.seed, tmp / "raw.faiss")
-            else:  # raw faiss searches relm's index file, read into RAM
-                raw, raw_build_s = faiss.read_index(str(index_dir(ds, name) / "index.faiss")), None
-            settings = [dict(s) for s in CONFIGS[preset]]
-            if index.structure["ivf"] and args.tune:
-                log(f"[{label}] {preset}: tuning for recall@10 >= {TARGET['recall@10']}")
-                tuned = tune_ann_index(ds, name, target_recall=TARGET["recall@10"], k=K,
-                                       n_queries=min(1000, n), seed=args.seed + 1)
-                knobs = {key: tuned["chosen"][key] for key in ("nprobe", "ef_search", "refine_factor")
-                         if key in tuned["chosen"]}
-                settings.append({**knobs, "tuned": True})
-                index = AnnIndex.open(ds, name)
-            for setting in settings:
-                knobs = {key: v for key, v in setting.items() if key != "tuned"}
-                raw_index = raw_setter(raw, knobs, refine)
-
-                def relm_fn(q, k, knobs=knobs, index=index):
-                    return index.search(q, k, **knobs)
-
-                relm_fn(queries[:64], kq)  # warm-up: page cache and thread pool
-                raw_index.search(queries[:64], kq)
-                n_single = single_count(relm_fn, queries, kq, args.single_seconds, args.single_cap)
-                timing, relm_ids, raw_ids = measure_pair(relm_fn, raw_index.search, queries, kq, args.repeats,
-                                                         n_single)
-                row = {
-                    "dataset": label, "n": n, "dim": d, "preset": preset, "factory": factory, "knobs": knobs,
-                    "tuned": bool(setting.get("tuned")), "load_mode": index.load_mode,
-                    "build_s": relm_build_s, "raw_build_s": raw_build_s,
-                    "build_stages_s": index.config["build"]["seconds"],
-                    "index_bytes": size, "bytes_per_vector": size / n,
-                    "recall@10": recall10(relm_ids, truth, self_ids),
-                    "raw_recall@10": recall10(raw_ids, truth, self_ids),
-                    **timing,
-                }
-                rows.append(row)
-                log(f"[{label}] {preset} {knobs}: recall@10 {row['recall@10']:.3f} "
-                    f"q/s {row['qps_batched']:,.0f} (raw {row['raw_qps_batched']:,.0f}), "
-                    f"single {row['qps_single']:,.0f} (raw {row['raw_qps_single']:,.0f})")
-            del raw, index
-            if not args.keep_indexes:
-                shutil.rmtree(index_dir(ds, name))
+            try:
+                bench_preset(label, ds, name, preset, queries, truth, self_ids, xb, refine, tmp, rows, args)
+            finally:
+                if not args.keep_indexes:
+                    shutil.rmtree(index_dir(ds, name), ignore_errors=True)
+            result["done_presets"].append(preset)
+            save(result)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"dataset": label, "n": n, "dim": d, "n_queries": len(queries), "exact_qps_batched": exact_qps,
-            "rows": rows}
+    return result
+
+
+def bench_preset(label, ds, name, preset, queries, truth, self_ids, xb, refine, tmp, rows, args) -> None:
+    """Build one preset with relm and raw faiss, then measure each knob setting; rows are appended."""
+    n, d = len(ds), ds.dim
+    kq = K + (self_ids is not None)
+    log(f"[{label}] {preset}: relm build")
+    t0 = time.perf_counter()
+    index = build_ann_index(ds, name, AnnConfig(preset, seed=args.seed), overwrite=True,
+                            show_progress=args.progress)
+    relm_build_s = time.perf_counter() - t0
+    factory = index.config["factory"]
+    size = (index_dir(ds, name) / "index.faiss").stat().st_size
+    if args.raw_build:
+        log(f"[{label}] {preset}: {factory} built in {relm_build_s:.1f}s; raw faiss build")
+        raw, raw_build_s = raw_build(ds, xb, factory, args.seed, tmp / "raw.faiss")
+    else:  # raw faiss searches relm's index file, read into RAM
+        raw, raw_build_s = faiss.read_index(str(index_dir(ds, name) / "index.faiss")), None
+    settings = [dict(s) for s in CONFIGS[preset]]
+    if index.structure["ivf"] and args.tune:
+        log(f"[{label}] {preset}: tuning for recall@10 >= {TARGET['recall@10']}")
+        tuned = tune_ann_index(ds, name, target_recall=TARGET["recall@10"], k=K,
+                               n_queries=min(1000, n), seed=args.seed + 1)
+        knobs = {key: tuned["chosen"][key] for key in ("nprobe", "ef_search", "refine_factor")
+                 if key in tuned["chosen"]}
+        settings.append({**knobs, "tuned": True})
+        index = AnnIndex.open(ds, name)
+    for setting in settings:
+        knobs = {key: v for key, v in setting.items() if key != "tuned"}
+        raw_index = raw_setter(raw, knobs, refine)
+
+        def relm_fn(q, k, knobs=knobs, index=index):
+            return index.search(q, k, **knobs)
+
+        relm_fn(queries[:64], kq)  # warm-up: page cache and thread pool
+        raw_index.search(queries[:64], kq)
+        n_single = single_count(relm_fn, queries, kq, args.single_seconds, args.single_cap)
+        timing, relm_ids, raw_ids = measure_pair(relm_fn, raw_index.search, queries, kq, args.repeats,
+                                                 n_single)
+        row = {
+            "dataset": label, "n": n, "dim": d, "preset": preset, "factory": factory, "knobs": knobs,
+            "tuned": bool(setting.get("tuned")), "load_mode": index.load_mode,
+            "build_s": relm_build_s, "raw_build_s": raw_build_s,
+            "build_stages_s": index.config["build"]["seconds"],
+            "index_bytes": size, "bytes_per_vector": size / n,
+            "recall@10": recall10(relm_ids, truth, self_ids),
+            "raw_recall@10": recall10(raw_ids, truth, self_ids),
+            **timing,
+        }
+        rows.append(row)
+        log(f"[{label}] {preset} {knobs}: recall@10 {row['recall@10']:.3f} "
+            f"q/s {row['qps_batched']:,.0f} (raw {row['raw_qps_batched']:,.0f}), "
+            f"single {row['qps_single']:,.0f} (raw {row['raw_qps_single']:,.0f})")
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -348,6 +366,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="faiss OpenMP threads (default: faiss's, one per core)")
     p.add_argument("--cache-dir", type=Path, default=HERE / ".cache")
     p.add_argument("--keep-indexes", action="store_true", help="keep DS/indexes/bench-* after measuring")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the presets already measured in --out by a run with the same settings")
     p.add_argument("--progress", action="store_true", default=None, help="show build progress bars")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--no-readme", dest="readme", action="store_false", help="do not update benchmarks/README.md")
@@ -358,14 +378,9 @@ def main() -> None:
         sys.exit(f"unknown presets {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    # a SIGTERM unwinds like Ctrl-C: `finally` blocks remove the bench-* indexes written into datastores
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.perf_counter()
-    datasets = []
-    parts = args.parts.split(",")
-    if "synthetic" in parts:
-        ds, q, self_ids = synthetic(args)
-        datasets.append(bench_dataset("synthetic", ds, q, self_ids, args))
-    if "corpus" in parts and (got := corpus(args)) is not None:
-        datasets.append(bench_dataset("corpus", *got, args))
     result = {
         "benchmark": "ann_bench",
         "date": time.strftime("%Y-%m-%d"),
@@ -373,11 +388,24 @@ def main() -> None:
                     "python": platform.python_version(), "faiss": faiss.__version__},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "target": TARGET,
-        "seconds": time.perf_counter() - t_start,
-        "datasets": datasets,
+        "datasets": [],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    previous = previous_run(args) if args.resume else {}
+
+    def save(dataset: dict) -> None:
+        result["datasets"] = [d for d in result["datasets"] if d["dataset"] != dataset["dataset"]] + [dataset]
+        result["seconds"] = time.perf_counter() - t_start + previous.get("_seconds", 0.0)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    parts = args.parts.split(",")
+    if "synthetic" in parts:
+        ds, q, self_ids = synthetic(args)
+        save(bench_dataset("synthetic", ds, q, self_ids, args, previous.get("synthetic"), save))
+    if "corpus" in parts and (got := corpus(args)) is not None:
+        save(bench_dataset("corpus", *got, args, previous.get("corpus"), save))
+    result["seconds"] = time.perf_counter() - t_start + previous.get("_seconds", 0.0)
+    datasets = result["datasets"]
     text = "\n\n".join(x for x in (table(datasets), target_line(datasets), overhead_line(datasets)) if x)
     text += (f"\n\n`{' '.join(['python', 'benchmarks/ann_bench.py', *sys.argv[1:]])}`, {time.strftime('%Y-%m-%d')}, "
              f"{os.cpu_count()} cores, faiss {faiss.__version__}, {result['seconds'] / 60:.0f} min.")
@@ -385,6 +413,18 @@ def main() -> None:
     if args.readme:
         write_readme_table(text)
     log(f"saved {args.out} ({result['seconds'] / 60:.1f} min)")
+
+
+def previous_run(args) -> dict:
+    """Datasets of an earlier run with the same data settings in --out, for --resume."""
+    if not args.out.exists():
+        return {}
+    old = json.loads(args.out.read_text())
+    same = ("n", "dim", "clusters", "latent_dim", "queries", "seed", "datastore", "repeats", "raw_build")
+    if any(old["args"].get(key) != (str(v) if isinstance(v := getattr(args, key), Path) else v) for key in same):
+        log(f"{args.out} was measured with other settings; starting afresh")
+        return {}
+    return {d["dataset"]: d for d in old["datasets"]} | {"_seconds": old.get("seconds", 0.0)}
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from relm.retrieval import (
     plan_index,
     tune_ann_index,
 )
-from relm.retrieval.ann_search import refine_exact
+from relm.retrieval.ann_search import refine_exact, to_float32
 from relm.retrieval.ann_tune import drop_self, knob_chains, recall_at_k
 from relm.retrieval.exact import exact_search
 from relm.retrieval.planner import (
@@ -116,6 +116,8 @@ def test_refine_exact_rescores_and_pads():
         assert i[r].tolist() == c[np.argsort(-ref)][:2].tolist()
         np.testing.assert_allclose(s[r], np.sort(ref)[::-1][:2], rtol=1e-6)
     assert i[2].tolist() == [-1, -1] and np.isneginf(s[2]).all()
+    many = rng.standard_normal((5000, 8)).astype(np.float16)  # faiss's fp16 decoder path
+    np.testing.assert_array_equal(to_float32(many), many.astype(np.float32))
 
 
 def test_knob_chains_follow_structure():

@@ -14,6 +14,7 @@ from .indexes import SearchResult
 from .topk import PAD_ID, topk
 
 REFINE_BLOCK_BYTES = 8 << 20  # float32 candidate rows upcast at once: 8 MiB = 68 queries x k·r 80 x d 384
+FP16_DECODE_MIN_ROWS = 1024
 
 
 def _faiss():
@@ -100,9 +101,10 @@ def refine_exact(
 
 
 def to_float32(rows: np.ndarray) -> np.ndarray:
-    """float16 (n, d) -> float32 (n, d) with faiss's fp16 scalar-quantizer decoder, about twice as
-    fast as numpy's astype (which converts one value at a time); other dtypes go through numpy."""
-    if rows.dtype != np.float16 or rows.ndim != 2 or len(rows) == 0:
+    """float16 (n, d) -> float32 (n, d). From FP16_DECODE_MIN_ROWS rows on, faiss's fp16 scalar-quantizer
+    decoder (multi-threaded, about twice numpy's astype, which converts one value at a time); below
+    that its thread start-up costs more than it saves. Other dtypes go through numpy."""
+    if rows.dtype != np.float16 or rows.ndim != 2 or len(rows) < FP16_DECODE_MIN_ROWS:
         return np.asarray(rows, dtype=np.float32)
     return _fp16_decoder(rows.shape[1]).decode(np.ascontiguousarray(rows).view(np.uint8))
 
