@@ -39,6 +39,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from readme_table import write_readme_table  # benchmarks/ is on sys.path when run as a script
 
 from relm import Datastore
 from relm.retrieval import AnnConfig, AnnIndex, build_ann_index, exact_search, tune_ann_index
@@ -334,15 +335,6 @@ def overhead_line(datasets: list[dict]) -> str:
             f"{knob_text(worst['knobs'], worst['tuned'])}).")
 
 
-def write_readme_table(text: str) -> None:
-    start, end = "<!-- ann_bench:start -->", "<!-- ann_bench:end -->"
-    body = README.read_text()
-    block = f"{start}\n{text}\n{end}"
-    if start in body:
-        body = body[: body.index(start)] + block + body[body.index(end) + len(end) :]
-    else:
-        body += "\n" + block + "\n"
-    README.write_text(body)
 
 
 def main() -> None:
@@ -411,7 +403,7 @@ def main() -> None:
              f"{os.cpu_count()} cores, faiss {faiss.__version__}, {result['seconds'] / 60:.0f} min.")
     print(text)
     if args.readme:
-        write_readme_table(text)
+        write_readme_table("ann_bench", text)
     log(f"saved {args.out} ({result['seconds'] / 60:.1f} min)")
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from readme_table import write_readme_table  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -317,12 +318,6 @@ def table(s: dict[str, Any], info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(text: str) -> None:
-    start, end = "<!-- bm25_bench:start -->", "<!-- bm25_bench:end -->"
-    body = README.read_text()
-    block = f"{start}\n{text}\n{end}"
-    body = body[: body.index(start)] + block + body[body.index(end) + len(end) :]
-    README.write_text(body)
 
 
 def dir_mb(path: Path) -> float:
@@ -380,7 +375,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({**info, **summary, "index_seconds_runs": iruns, "query_seconds_runs": qruns},
                                   indent=2) + "\n")
     if not args.no_readme:
-        write_readme_table(text)
+        write_readme_table("bm25_bench", text)
 
 
 if __name__ == "__main__":

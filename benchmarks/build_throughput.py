@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from readme_table import write_readme_table  # benchmarks/ is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_CORPUS = Path(os.environ.get("RELM_SHARED_DATA", REPO.parent / "shared" / "data")) / "corpus"
@@ -195,15 +197,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_readme_table(text: str) -> None:
-    start, end = "<!-- build_throughput:start -->", "<!-- build_throughput:end -->"
-    body = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in body:
-        body = body[: body.index(start)] + block + body[body.index(end) + len(end) :]
-    else:
-        body += "\n" + block + "\n"
-    README.write_text(body)
 
 
 def main() -> None:
@@ -257,7 +250,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
-    write_readme_table(table(rows))
+    write_readme_table("build_throughput", table(rows))
     print(f"saved {args.out}", file=sys.stderr)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import ReaderConfig
-from .common import HelpFormatter
+from .common import HelpFormatter, add_progress_flags
 
 
 def register(sub) -> None:
@@ -16,9 +16,7 @@ def register(sub) -> None:
     p.add_argument("--domain", action="append", default=[], metavar="D",
                    help="domain label: once for all inputs, or once per input")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
-    bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_flags(p)
     p.set_defaults(run=run)
 
 

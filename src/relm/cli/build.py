@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import DEFAULT_ENCODER, DEFAULT_TOKENIZER, BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
-from .common import HelpFormatter
+from .common import HelpFormatter, add_progress_flags
 
 
 def register(sub) -> None:
@@ -47,9 +47,7 @@ def register(sub) -> None:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="bad input: stop with an error, or skip it and count it in the build stats")
     p.add_argument("--overwrite", action="store_true", help="replace an existing datastore at --out")
-    bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
+    add_progress_flags(p)
     p.set_defaults(run=run)
 
 

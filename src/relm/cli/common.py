@@ -32,3 +32,10 @@ def parse_bytes(text: str) -> int:
     if unit not in _UNITS or value < 0:
         raise ConfigError(f"cannot read {text!r} as a size; write e.g. 8GB, 512MB, 2GiB")
     return int(value * _UNITS[unit])
+
+
+def add_progress_flags(parser) -> None:
+    """--progress / --no-progress; unset (None) shows bars only on a terminal."""
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")

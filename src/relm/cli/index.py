@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import ConfigError
-from .common import HelpFormatter, parse_bytes
+from .common import HelpFormatter, add_progress_flags, parse_bytes
 
 
 def register(sub) -> None:
@@ -40,9 +40,7 @@ def register(sub) -> None:
     p.add_argument("--tune-queries", type=int, default=1000, help="with --tune: held-out query sample size")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing index of this name")
     p.add_argument("--json", action="store_true", help="print the index config as JSON")
-    bar = p.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None)
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    add_progress_flags(p)
     p.set_defaults(run=run)
 
 
