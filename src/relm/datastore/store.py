@@ -22,6 +22,7 @@ from ..config import EncoderConfig
 from ..corpus.documents import NO_TIMESTAMP, format_timestamp
 from ..errors import ConfigError, DatastoreError
 from ..retrieval.exact import exact_search
+from ..retrieval.indexes import check_k
 from . import layout as L
 
 MAX_QUERY_CHARS = 100_000
@@ -290,7 +291,7 @@ class Datastore:
 
         `allowed` defaults to `self.allowed()` (everything but tombstoned documents).
         """
-        _check_k(k)
+        check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise ConfigError(f"query vectors have dimension {vectors.shape[1]}, datastore has {self.dim}")
@@ -301,7 +302,7 @@ class Datastore:
 
         For ANN, BM25, hybrid and sharded search, filters and thresholds, use `relm.retrieval.Retriever`.
         """
-        _check_k(k)
+        check_k(k)
         if isinstance(queries, str):
             queries = [queries]
         scores, ids = self.search_vectors(self.encode_queries(queries, batch_size), k)
@@ -361,7 +362,3 @@ class Datastore:
             "deleted": m.get("deleted"),
         }
 
-
-def _check_k(k: int) -> None:
-    if not isinstance(k, int | np.integer) or k <= 0:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
