@@ -173,6 +173,25 @@ def test_allowed_mask_is_respected(built, ds, data, preset, refine):
     assert (i == -1).all() and np.isneginf(s).all()
 
 
+@pytest.mark.parametrize("preset", ["ivfpq", "opq-ivfpq", "hnsw"])
+def test_in_memory_refine_equals_memory_mapped_refine(built, ds, data, preset):
+    """faiss's IndexRefine over an in-RAM SQfp16 copy returns the numpy memmap refine's hits and scores."""
+    mapped = built[preset]
+    in_ram = AnnIndex.open(ds, preset, refine_in_memory=True)
+    allowed = np.random.default_rng(5).random(N) < 0.5
+    for mask in (None, allowed):
+        s0, i0 = mapped.search(data[1], 10, refine_factor=4, nprobe=8, allowed=mask)
+        s1, i1 = in_ram.search(data[1], 10, refine_factor=4, nprobe=8, allowed=mask)
+        np.testing.assert_allclose(s1, s0, rtol=1e-5, atol=1e-6)
+        # ties aside (equal scores may come in either order), the same passages in the same order
+        assert (i1 == i0).mean() > 0.995
+        if mask is not None:
+            assert allowed[i1[i1 >= 0]].all()
+    assert in_ram._refiner[1].ntotal == N
+    s, i = in_ram.search(data[1][:4], 10, refine_factor=0)  # unrefined searches skip the copy's path
+    np.testing.assert_array_equal(i, mapped.search(data[1][:4], 10, refine_factor=0)[1])
+
+
 @pytest.mark.parametrize("preset", ["ivf-hnsw-pq", "opq-ivfpq"])
 def test_search_knobs_reach_the_inner_index(built, data, preset):
     """nprobe passed per call equals nprobe set on the inner IVF (through OPQ or an HNSW quantizer)."""

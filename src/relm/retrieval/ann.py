@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ConfigError, DatastoreError
 from ..progress import progress
 from . import planner
-from .ann_search import refine_exact, search_parameters, selector, shard_reader
+from .ann_search import fp16_refine_index, refine_exact, refine_parameters, search_parameters, selector, shard_reader
 from .indexes import (
     SearchResult,
     check_k,
@@ -336,7 +336,7 @@ def read_faiss_index(path: Path, structure: dict[str, Any]) -> tuple[Any, str]:
 class AnnIndex:
     """An opened faiss index over a datastore: search with passage ids, refine, add appended vectors."""
 
-    def __init__(self, ds, name: str, config: dict[str, Any], index, load_mode: str):
+    def __init__(self, ds, name: str, config: dict[str, Any], index, load_mode: str, *, refine_in_memory: bool = False):
         self.ds = ds
         self.name = name
         self.config = config
@@ -345,12 +345,19 @@ class AnnIndex:
         self.structure: dict[str, Any] = config["structure"]
         self.dim = int(index.d)
         self._fetch = shard_reader(ds.embedding_shards)
-        self._params: dict[tuple[int | None, int], Any] = {}  # unfiltered SearchParameters, reused
+        self._params: dict[tuple[int | None, int, int], Any] = {}  # unfiltered SearchParameters, reused
+        self.refine_in_memory = bool(refine_in_memory)
+        self._refiner = None  # (IndexRefine, its SQfp16 index): built on the first in-memory refine
 
     @classmethod
-    def open(cls, ds, name: str, *, check_fresh: bool = True) -> AnnIndex:
+    def open(cls, ds, name: str, *, check_fresh: bool = True, refine_in_memory: bool = False) -> AnnIndex:
         """Open DS/indexes/NAME, refusing an index older than the datastore or built for another encoder
-        (`check_fresh=False` skips that, to bring a stale index up to date with `add_new_vectors`)."""
+        (`check_fresh=False` skips that, to bring a stale index up to date with `add_new_vectors`).
+
+        refine_in_memory: refine from an in-RAM copy of the float16 vectors (2·d bytes per vector, read
+        on the first refined search) through faiss's IndexRefine, instead of gathering candidate rows
+        from the memory-mapped shards in numpy. Same scores; faster when many queries are refined at
+        once, at the cost of the RAM; the memory-mapped default lets the page cache decide."""
         config = read_index_config(ds, name, kind=KIND, check_fresh=check_fresh)
         path = index_dir(ds, name) / INDEX_FILE
         if not path.exists():
@@ -362,7 +369,7 @@ class AnnIndex:
                 f"{config['ntotal']:,} of {config['dim']}; rebuild it with --overwrite"
             )
         log.debug("opened ANN index %r (%s, %s)", name, config["factory"], mode)
-        return cls(ds, name, config, index, mode)
+        return cls(ds, name, config, index, mode, refine_in_memory=refine_in_memory)
 
     @property
     def ntotal(self) -> int:
@@ -398,21 +405,43 @@ class AnnIndex:
         refine = refine or 0
         if len(queries) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+        in_memory = bool(refine) and self.refine_in_memory
         if allowed is None:
             # read-only during a search, so one object serves concurrent calls
-            params = self._params.get((nprobe, ef_search))
-            if params is None and len(self._params) < 64:
-                params = self._params[nprobe, ef_search] = search_parameters(self.structure, nprobe, ef_search)
-            elif params is None:
+            key = (nprobe, ef_search, refine if in_memory else 0)
+            params = self._params.get(key)
+            if params is None:
                 params = search_parameters(self.structure, nprobe, ef_search)
+                if in_memory:
+                    params = refine_parameters(refine, params)
+                if len(self._params) < 64:
+                    self._params[key] = params
         else:
             params = search_parameters(self.structure, nprobe, ef_search, selector(allowed, self.ntotal))
+            if in_memory:
+                params = refine_parameters(refine, params)
+        if in_memory:
+            scores, ids = self._memory_refiner().search(queries, k, params=params)
+            scores[ids < 0] = -np.inf
+            return scores, ids
         kk = k * refine if refine else k
         scores, ids = self.index.search(queries, kk, params=params)
         if refine:
             return refine_exact(queries, ids, k, self._fetch)
         scores[ids < 0] = -np.inf  # faiss pads inner-product results with -FLT_MAX
         return scores, ids
+
+    def _memory_refiner(self):
+        if self._refiner is None:
+            sq = fp16_refine_index(self.ds.embedding_shards[:], self.dim)
+            if sq.ntotal != self.ntotal:
+                raise DatastoreError(
+                    f"index {self.name!r} holds {self.ntotal:,} vectors, the datastore {sq.ntotal:,}; "
+                    "open it with check_fresh=True, or rebuild it with --overwrite"
+                )
+            # IndexRefine does not own its parts: keep both referenced for as long as it lives
+            self._refiner = (_faiss().IndexRefine(self.index, sq), sq)
+        return self._refiner[0]
 
     def _queries(self, vectors: np.ndarray) -> np.ndarray:
         q = np.asarray(vectors, dtype=np.float32)
@@ -474,7 +503,7 @@ def add_new_vectors(ds, name: str, *, show_progress: bool | None = None, into: A
     if into is not None:
         fresh = AnnIndex.open(ds, name)
         into.ds, into.config, into.index, into.load_mode = ds, fresh.config, fresh.index, fresh.load_mode
-        into._params, into._fetch = {}, shard_reader(ds.embedding_shards)
+        into._params, into._fetch, into._refiner = {}, shard_reader(ds.embedding_shards), None
     return added
 
 

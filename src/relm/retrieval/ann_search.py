@@ -132,6 +132,34 @@ def _small_topk(scores: np.ndarray, ids: np.ndarray, k: int, has_pad: bool = Tru
     return s.astype(np.float32, copy=False), i
 
 
+def fp16_refine_index(shards: list[tuple[int, np.ndarray]], d: int, block_rows: int = 65536):
+    """An in-RAM faiss IndexScalarQuantizer(QT_fp16, inner product) holding the datastore's float16
+    vectors in id order: faiss's SQfp16 codes are the IEEE half bytes themselves, so the shards are
+    copied block by block, never upcast. Costs 2·d bytes per vector of RAM; refine through it runs in
+    faiss (multi-threaded SIMD) instead of gathering rows from the memory maps in numpy."""
+    faiss = _faiss()
+    index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    total = sum(len(arr) for _, arr in shards)
+    codes = np.empty((total, d), dtype=np.float16)
+    for start, arr in shards:
+        for r0 in range(0, len(arr), block_rows):
+            rows = arr[r0 : r0 + block_rows]
+            codes[start + r0 : start + r0 + len(rows)] = rows
+    faiss.copy_array_to_vector(codes.view(np.uint8).ravel(), index.codes)
+    index.ntotal = total
+    return index
+
+
+def refine_parameters(refine_factor: int, base_params=None):
+    """SearchParameters for a faiss IndexRefine: k·refine_factor base candidates, `base_params` (knobs and
+    selector) passed through to the base index."""
+    faiss = _faiss()
+    if base_params is None:
+        return faiss.IndexRefineSearchParameters(k_factor=float(refine_factor))
+    # passed to the constructor, faiss's wrapper keeps a Python reference to base_params
+    return faiss.IndexRefineSearchParameters(k_factor=float(refine_factor), base_index_params=base_params)
+
+
 def shard_reader(shards: list[tuple[int, np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
     """fetch(ids) -> float16 rows from [(first id, memmap)] shards; ids come from the index, so they
     are not range-checked (`Datastore.embeddings` does the same with checks, ~10 µs more a call)."""
