@@ -75,6 +75,33 @@ def word_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama (d=32) with a word-level tokenizer over WORDS, on disk."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(sorted(set(WORDS)))}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out = tmp_path_factory.mktemp("tinylm")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>").save_pretrained(str(out))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=1, bos_token_id=1, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_lm_dir):
+    from relm.lm import LMConfig, load_lm
+
+    return load_lm(LMConfig(model=str(tiny_lm_dir), max_batch_tokens=256))
+
+
 class HashEncoder:
     """A tiny deterministic encoder for retrieval tests: a seeded Gaussian vector per distinct text.
 

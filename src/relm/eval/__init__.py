@@ -1,0 +1,1 @@
+"""Retrieval-augmented LM evaluation."""

