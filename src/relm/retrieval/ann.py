@@ -36,7 +36,14 @@ import numpy as np
 from ..errors import ConfigError, DatastoreError
 from ..progress import progress
 from . import planner
-from .ann_search import fp16_refine_index, refine_exact, refine_parameters, search_parameters, selector, shard_reader
+from .ann_search import (
+    fp16_refine_index,
+    refine_exact,
+    refine_parameters,
+    search_parameters,
+    selector,
+    shard_reader,
+)
 from .indexes import (
     SearchResult,
     check_k,
