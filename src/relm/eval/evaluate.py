@@ -1,0 +1,299 @@
+"""Retrieval-augmented LM evaluation: windows, retrieval per variant, one batched scoring pass.
+
+    ev = Evaluator(ds, lm, windows=WindowConfig(1024), retriever="exact")
+    result = ev.run(read_eval_sets(["eval/pydocs.jsonl.gz"]), [Variant("massiveds", k=3)])
+    result.summary()["overall"]["massiveds"]["perplexity"]
+
+What is shared is computed once: each window is scored without retrieval once (that pass also gives
+the LM's loss on the query, for adaptive k), each distinct query text is encoded once, each passage
+tokenized once, and identical LM inputs across variants are scored once. Every LM input of every
+variant goes through `lm.score` together, in length-sorted padded batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..lm.base import ScoreRequest
+from .filters import PassageFilter, apply_filters
+from .metrics import paired_bootstrap, summarize
+from .variants import Variant, adaptive_k, prepend, ralm_blocks
+from .windows import Window, WindowConfig, make_windows, pack_streams
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = "\n\n"  # after each prepended passage
+CANDIDATE_SLACK = 3  # candidates retrieved per passage wanted, so filters leave enough
+
+
+@dataclass
+class VariantRun:
+    variant: Variant
+    logprobs: list[np.ndarray]  # per window, the scored tokens' log-probabilities
+    k: np.ndarray  # passages used per window (ralm: per block, the mean)
+    passages: list[list[int]]  # per window, the passage ids used (ralm: all blocks')
+    filtered: Counter = field(default_factory=Counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    windows: list[Window]
+    baseline: list[np.ndarray]
+    query_loss: np.ndarray
+    runs: dict[str, VariantRun]
+    settings: dict[str, Any]
+
+    def window_nll(self, logprobs: list[np.ndarray]) -> np.ndarray:
+        return np.array([-lp[w.target_mask].sum() for w, lp in zip(self.windows, logprobs, strict=True)])
+
+    def summary(self, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+        """{"overall": {cond: metrics}, "groups": {"set/domain": {cond: metrics}}, "settings": ...}; each
+        variant's metrics carry a paired bootstrap against no retrieval on the same windows."""
+        tokens = np.array([w.n_tokens for w in self.windows])
+        nbytes = np.array([w.n_bytes for w in self.windows])
+        nll = {"none": self.window_nll(self.baseline)}
+        nll |= {name: self.window_nll(run.logprobs) for name, run in self.runs.items()}
+        groups = {"overall": np.ones(len(self.windows), bool)}
+        for key in dict.fromkeys(f"{w.stream.name}/{w.stream.domain}" for w in self.windows):
+            groups[key] = np.array([f"{w.stream.name}/{w.stream.domain}" == key for w in self.windows])
+        out: dict[str, Any] = {"settings": self.settings, "groups": {}}
+        for key, sel in groups.items():
+            block = {}
+            for cond, values in nll.items():
+                m = summarize(values[sel], tokens[sel], nbytes[sel])
+                if cond != "none":
+                    run = self.runs[cond]
+                    m["mean_k"] = float(run.k[sel].mean())
+                    m["vs_none"] = paired_bootstrap(nll["none"][sel], values[sel], tokens[sel],
+                                                    n_boot=n_boot, seed=seed)
+                block[cond] = m
+            if key == "overall":
+                out["overall"] = block
+            else:
+                out["groups"][key] = block
+        out["filters"] = {name: dict(run.filtered) for name, run in self.runs.items()}
+        out["variants"] = {name: run.variant.to_dict() for name, run in self.runs.items()}
+        out["seconds"] = {name: run.seconds for name, run in self.runs.items()}
+        return out
+
+    def window_records(self):
+        """One JSON-able dict per window: where it is, its counts, and each condition's NLL and passages."""
+        base = self.window_nll(self.baseline)
+        per = {name: self.window_nll(run.logprobs) for name, run in self.runs.items()}
+        for i, w in enumerate(self.windows):
+            rec = {"window": w.index, "set": w.stream.name, "domain": w.stream.domain, "start": w.start,
+                   "end": w.end, "tokens": w.n_tokens, "bytes": w.n_bytes, "query_loss": float(self.query_loss[i]),
+                   "none": {"nll": float(base[i])}}
+            for name, run in self.runs.items():
+                rec[name] = {"nll": float(per[name][i]), "k": float(run.k[i]), "passages": run.passages[i]}
+            yield rec
+
+
+class Evaluator:
+    """Evaluates an LM on windows of eval text, without and with retrieval from a datastore."""
+
+    def __init__(self, ds, lm, *, windows: WindowConfig = WindowConfig(), retriever: str = "exact",
+                 index: str | None = None, bm25_index: str | None = None, filters: PassageFilter = PassageFilter(),
+                 max_context: int | None = None, batch_size: int | None = None, show_progress: bool | None = None):
+        self.ds, self.lm = ds, lm
+        self.window_config, self.filters = windows, filters
+        self.limit = min(lm.context_length, max_context or lm.context_length)
+        if windows.window > self.limit:
+            raise ConfigError(f"--window {windows.window} exceeds the LM's context of {self.limit} tokens; "
+                              "pass a smaller --window")
+        from ..retrieval.retriever import make_retriever
+
+        if retriever not in ("exact", "ann"):
+            raise ConfigError(f"dense retriever must be exact or ann, got {retriever!r}")
+        self.dense = make_retriever(ds, retriever, index=index)
+        self._bm25_index, self._index = bm25_index, index if retriever == "ann" else None
+        self._hybrid = None
+        self.batch_size, self.show_progress = batch_size, show_progress
+        self._vectors: dict[str, np.ndarray] = {}
+        self._passage_ids: dict[int, np.ndarray] = {}
+        self._texts: dict[int, str] = {}
+
+    # -- windows and the no-retrieval pass -------------------------------------------------------
+    def windows(self, eval_sets: list[tuple[str, list]]) -> list[Window]:
+        streams = [s for name, docs in eval_sets for s in pack_streams(docs, self.lm, set_name=name)]
+        windows = make_windows(streams, self.window_config)
+        if not windows:
+            raise ConfigError("the eval text yields no windows (every document is shorter than 2 tokens)")
+        return windows
+
+    def run(self, eval_sets: list[tuple[str, list]], variants: list[Variant]) -> EvalResult:
+        if len({v.name for v in variants}) != len(variants):
+            raise ConfigError("variant names must be distinct")
+        windows = self.windows(eval_sets)
+        t0 = time.perf_counter()
+        full = self.score([ScoreRequest(w.ids, len(w.ids) - 1) for w in windows])
+        baseline = [lp[-w.n_target :] for w, lp in zip(windows, full, strict=True)]
+        base_s = time.perf_counter() - t0
+        log.info("no retrieval: %d windows scored in %.1fs", len(windows), base_s)
+        runs = {}
+        for v in variants:
+            runs[v.name] = self.run_variant(v, windows, full)
+        settings = {"windows": self.window_config.__dict__, "n_windows": len(windows), "lm": self.lm.identity(),
+                    "max_context": self.limit, "filters": self.filters.__dict__,
+                    "retriever": {"dense": self.dense.kind, "index": self._index, "bm25_index": self._bm25_index},
+                    "datastore": {"root": str(self.ds.root), "passages": len(self.ds)},
+                    "baseline_seconds": base_s}
+        return EvalResult(windows, baseline, self.query_losses(windows, full, 32), runs, settings)
+
+    def query_losses(self, windows: list[Window], full: list[np.ndarray], q: int | None) -> np.ndarray:
+        """The LM's mean NLL on each window's query tokens (the last q context tokens; all if q is None),
+        read off the no-retrieval pass: full[i][j] is the log-prob of window token j + 1."""
+        out = np.empty(len(windows))
+        for i, (w, lp) in enumerate(zip(windows, full, strict=True)):
+            ctx = lp[: len(lp) - w.n_target]  # tokens 1 .. n_context - 1
+            ctx = ctx[-q:] if q else ctx
+            out[i] = -ctx.mean() if len(ctx) else 0.0
+        return out
+
+    # -- one variant -------------------------------------------------------------------------------
+    def run_variant(self, v: Variant, windows: list[Window], full: list[np.ndarray]) -> VariantRun:
+        t0 = time.perf_counter()
+        if v.protocol == "ralm":
+            return self._run_ralm(v, windows, t0)
+        queries = [self._query_text(w.context_ids, v) for w in windows]
+        scored = [self.lm.decode(w.target_ids) for w in windows]
+        chosen, filtered = self.retrieve(v, queries, scored, v.k)
+        t1 = time.perf_counter()
+        if v.rerank:
+            chosen = self.rerank(v, windows, chosen)
+        ks = np.full(len(windows), v.k, dtype=np.int64)
+        if v.adaptive:
+            ks = adaptive_k(self.query_losses(windows, full, v.query_tokens if v.query == "last" else None), v.k)
+        chosen = [c[:k] for c, k in zip(chosen, ks, strict=True)]
+        t2 = time.perf_counter()
+        lps = self.score_with_passages(windows, chosen, baseline=full)
+        t3 = time.perf_counter()
+        log.info("variant %s: retrieve %.1fs, rerank %.1fs, score %.1fs", v.name, t1 - t0, t2 - t1, t3 - t2)
+        return VariantRun(v, lps, np.array([len(c) for c in chosen], float), chosen, filtered,
+                          {"retrieve": t1 - t0, "rerank": t2 - t1, "score": t3 - t2})
+
+    def score_with_passages(self, windows: list[Window], chosen: list[list[int]],
+                            baseline: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Scored-token log-probs of each window with its passages prepended (MassiveDS); a window
+        with no passage reuses `baseline` (its no-retrieval pass) when given."""
+        reqs, where = [], []
+        for i, (w, ids) in enumerate(zip(windows, chosen, strict=True)):
+            if not ids and baseline is not None:
+                continue
+            reqs.append(ScoreRequest(prepend([self.passage_ids(p) for p in ids], w.ids, self.limit), w.n_target))
+            where.append(i)
+        scored = self.score(reqs)
+        out = [baseline[i][-w.n_target :] if baseline is not None else None for i, w in enumerate(windows)]
+        for i, lp in zip(where, scored, strict=True):
+            out[i] = lp
+        return out  # type: ignore[return-value]
+
+    def _run_ralm(self, v: Variant, windows: list[Window], t0: float) -> VariantRun:
+        """In-Context RALM: per block of `stride` scored tokens, a passage retrieved with the last q tokens."""
+        blocks = [(i, a, b) for i, w in enumerate(windows)
+                  for a, b in ralm_blocks(len(w.ids) - w.n_target, w.n_target, v.stride)]
+        queries = [self._query_text(windows[i].ids[:a], v) for i, a, _ in blocks]
+        scored = [self.lm.decode(windows[i].target_ids) for i, _, _ in blocks]
+        chosen, filtered = self.retrieve(v, queries, scored, v.k)
+        t1 = time.perf_counter()
+        reqs = [ScoreRequest(prepend([self.passage_ids(p) for p in c], windows[i].ids[:b], self.limit), b - a)
+                for (i, a, b), c in zip(blocks, chosen, strict=True)]
+        parts = self.score(reqs)
+        lps: list[list[np.ndarray]] = [[] for _ in windows]
+        used: list[list[int]] = [[] for _ in windows]
+        for (i, _, _), lp, c in zip(blocks, parts, chosen, strict=True):
+            lps[i].append(lp)
+            used[i].extend(c)
+        n_blocks = np.bincount([i for i, _, _ in blocks], minlength=len(windows))
+        t2 = time.perf_counter()
+        return VariantRun(v, [np.concatenate(x) for x in lps], np.array([len(u) for u in used]) / n_blocks, used,
+                          filtered, {"retrieve": t1 - t0, "rerank": 0.0, "score": t2 - t1})
+
+    # -- retrieval -----------------------------------------------------------------------------------
+    def _query_text(self, context_ids: np.ndarray, v: Variant) -> str:
+        ids = context_ids[-v.query_tokens :] if v.query == "last" else context_ids
+        return self.lm.decode(ids).strip() or "."
+
+    def retrieve(self, v: Variant, queries: list[str], scored: list[str], k: int) -> tuple[list[list[int]], Counter]:
+        """Per query, up to max(k, rerank) passage ids that pass the filters, best first."""
+        want = max(k, v.rerank)
+        scores, ids = self.search(v.retriever, queries, want * CANDIDATE_SLACK)
+        del scores
+        removed: Counter = Counter()
+        out = []
+        for row, text in zip(ids, scored, strict=True):
+            cand = [int(i) for i in row if i >= 0]
+            kept, counts = apply_filters([self.passage_text(i) for i in cand], text, self.filters)
+            removed.update(counts)
+            out.append([cand[j] for j in kept[:want]])
+        return out, removed
+
+    def search(self, kind: str, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) for query texts; dense query vectors are encoded once per distinct text."""
+        k = min(k, len(self.ds))
+        if kind == "hybrid":
+            return self._hybrid_retriever().search_ids(queries, k)
+        missing = list(dict.fromkeys(q for q in queries if q not in self._vectors))
+        if missing:
+            for q, vec in zip(missing, self.ds.encode_queries(missing), strict=True):
+                self._vectors[q] = vec
+        vecs = np.stack([self._vectors[q] for q in queries])
+        return self.dense.search_vectors(vecs, k, self.ds.allowed())
+
+    def _hybrid_retriever(self):
+        if self._hybrid is None:
+            from ..retrieval.retriever import make_retriever
+
+            if not self._bm25_index:
+                raise ConfigError("the hybrid variant needs --bm25-index NAME (build one with `relm index DS "
+                                  "--name NAME --bm25`)")
+            self._hybrid = make_retriever(self.ds, "hybrid", index=self._index, bm25_index=self._bm25_index)
+        return self._hybrid
+
+    def rerank(self, v: Variant, windows: list[Window], chosen: list[list[int]]) -> list[list[int]]:
+        """In-Context RALM reranking: order each window's candidates by log p(last q context tokens |
+        passage, the context before them), best first (ties keep the retriever's order)."""
+        reqs, owners = [], []
+        for i, (w, cand) in enumerate(zip(windows, chosen, strict=True)):
+            ctx = w.context_ids
+            r = min(v.query_tokens, len(ctx) - 1)
+            if r < 1 or len(cand) < 2:
+                continue
+            for p in cand:
+                reqs.append(ScoreRequest(prepend([self.passage_ids(p)], ctx, self.limit), r))
+                owners.append((i, p))
+        scores: dict[int, list[tuple[float, int, int]]] = {}
+        for (i, p), lp in zip(owners, self.score(reqs), strict=True):
+            scores.setdefault(i, []).append((-float(lp.sum()), len(scores.get(i, [])), p))
+        return [[p for _, _, p in sorted(scores[i])] if i in scores else c for i, c in enumerate(chosen)]
+
+    # -- caches ----------------------------------------------------------------------------------------
+    def passage_text(self, i: int) -> str:
+        if i not in self._texts:
+            self._texts[i] = self.ds.passage(i)
+        return self._texts[i]
+
+    def passage_ids(self, i: int) -> np.ndarray:
+        if i not in self._passage_ids:
+            self._passage_ids[i] = self.lm.encode(self.passage_text(i) + SEPARATOR)[0]
+        return self._passage_ids[i]
+
+    def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
+        """lm.score over the distinct requests only (identical inputs across variants are scored once)."""
+        keys = [(r.ids.tobytes(), r.n_target) for r in requests]
+        unique: dict[tuple, int] = {}
+        for key in keys:
+            unique.setdefault(key, len(unique))
+        firsts = {}
+        for r, key in zip(requests, keys, strict=True):
+            firsts.setdefault(key, r)
+        scored = self.lm.score(list(firsts.values()), batch_size=self.batch_size, show_progress=self.show_progress)
+        return [scored[unique[key]] for key in keys]

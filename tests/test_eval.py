@@ -1,0 +1,160 @@
+"""Retrieval-augmented evaluation on a tiny random Llama and a hash-encoded datastore."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from relm import ConfigError
+from relm.corpus.documents import Document
+from relm.eval.evaluate import Evaluator
+from relm.eval.filters import PassageFilter
+from relm.eval.variants import Variant, adaptive_k, parse_variants, prepend, ralm_blocks
+from relm.eval.windows import WindowConfig, make_windows, pack_streams
+from test_lm import reference_logprobs
+
+from conftest import build_hash_datastore, make_text
+
+
+def docs(n: int = 4, words: int = 90, domain: str = "alpha") -> list[Document]:
+    return [Document(id=f"e{i}", text=make_text(100 + i, words + 11 * i) + " é", domain=domain,
+                     source="test")
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return build_hash_datastore(tmp_path_factory.mktemp("evalds"), n_docs=60)
+
+
+@pytest.fixture(scope="module")
+def eval_sets():
+    return [("set", docs() + docs(2, 60, "beta"))]
+
+
+# -- pure pieces -------------------------------------------------------------------------------------
+def test_windows_score_every_token_once(tiny_lm):
+    streams = pack_streams(docs(), tiny_lm, set_name="s")
+    assert len(streams) == 1 and streams[0].nbytes.sum() == sum(len(d.text.encode()) for d in docs())
+    st = streams[0]
+    assert (~st.scorable).sum() == 3 and (st.ids[~st.scorable] == tiny_lm.eos_id).all()  # separators
+    ws = make_windows(streams, WindowConfig(window=64))
+    covered = np.zeros(len(st.ids), int)
+    for w in ws:
+        assert len(w.ids) == 64 or w is ws[-1]
+        assert len(w.context_ids) == 32 and w.n_target <= 32
+        covered[w.end - w.n_target : w.end] += 1
+    assert (covered[32:] == 1).all() and (covered[:32] == 0).all()
+    assert sum(w.n_bytes for w in ws) == st.nbytes[32:].sum()
+    capped = make_windows(streams, WindowConfig(window=64, max_windows=3))
+    assert len(capped) == 3 and capped[0].start == ws[0].start and capped[-1].end == ws[-1].end
+
+
+def test_window_config_errors():
+    with pytest.raises(ConfigError, match="stride"):
+        WindowConfig(window=16, stride=16)
+    with pytest.raises(ConfigError, match="window"):
+        WindowConfig(window=1)
+
+
+def test_adaptive_k_follows_query_loss():
+    k = adaptive_k(np.array([0.5, 3.0, 1.0, 2.0, 0.1, 5.0]), 2)
+    assert k.tolist() == [0, 2, 1, 1, 0, 2]
+    assert adaptive_k(np.array([1.0]), 3).tolist() == [0] and len(adaptive_k(np.zeros(0), 3)) == 0
+
+
+def test_prepend_best_last_and_left_truncation():
+    p1, p2, text = np.array([1, 1]), np.array([2, 2, 2]), np.array([9, 9])
+    assert prepend([p1, p2], text, 100).tolist() == [2, 2, 2, 1, 1, 9, 9]
+    assert prepend([p1, p2], text, 5).tolist() == [2, 1, 1, 9, 9]
+    with pytest.raises(ConfigError, match="window"):
+        prepend([p1], np.arange(10), 5)
+    assert ralm_blocks(32, 70, 32) == [(32, 64), (64, 96), (96, 102)]
+
+
+def test_variants_parse_and_validate():
+    vs = parse_variants("massiveds,last-q,rerank,adaptive,ralm", k=2, query_tokens=8, stride=16, rerank=4)
+    assert [v.name for v in vs] == ["massiveds", "last-q", "rerank", "adaptive", "ralm"]
+    assert vs[2].rerank == 4 and vs[4].stride == 16 and vs[4].k == 1
+    with pytest.raises(ConfigError, match="unknown variant"):
+        parse_variants("nope")
+    with pytest.raises(ConfigError, match="rerank"):
+        Variant("x", k=3, rerank=2)
+
+
+# -- the evaluator ---------------------------------------------------------------------------------
+def test_baseline_scores_exactly_the_second_half(ds, tiny_lm, eval_sets):
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48))
+    res = ev.run(eval_sets, [Variant("massiveds", k=2)])
+    for w, lp in zip(res.windows[:5], res.baseline[:5], strict=True):
+        assert len(lp) == w.n_target
+        np.testing.assert_allclose(lp, reference_logprobs(tiny_lm, w.ids, w.n_target), rtol=1e-5, atol=1e-5)
+    summary = res.summary(n_boot=50)
+    none = summary["overall"]["none"]
+    nll = -sum(lp[w.target_mask].sum() for w, lp in zip(res.windows, res.baseline, strict=True))
+    nbytes = sum(w.n_bytes for w in res.windows)
+    assert none["bits_per_byte"] == pytest.approx(nll / math.log(2) / nbytes)
+    assert set(summary["groups"]) == {"set/alpha", "set/beta"}
+    assert summary["overall"]["massiveds"]["mean_k"] == pytest.approx(2.0)
+    records = list(res.window_records())
+    assert len(records) == len(res.windows) and len(records[0]["massiveds"]["passages"]) == 2
+
+
+def test_retrieval_input_is_passages_then_window(ds, tiny_lm, eval_sets):
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48))
+    res = ev.run(eval_sets, [Variant("massiveds", k=2)])
+    w, chosen = res.windows[3], res.runs["massiveds"].passages[3]
+    ids = np.concatenate([ev.passage_ids(chosen[1]), ev.passage_ids(chosen[0]), w.ids])
+    np.testing.assert_allclose(res.runs["massiveds"].logprobs[3], reference_logprobs(tiny_lm, ids, w.n_target),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_batched_equals_one_window_at_a_time(ds, tiny_lm, eval_sets):
+    variants = [Variant("massiveds", k=2), Variant("ralm", protocol="ralm", k=1, query="last", stride=8),
+                Variant("adaptive", k=2, adaptive=True)]
+    batched = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48)).run(eval_sets, variants)
+    single = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48), batch_size=1).run(eval_sets, variants)
+    a, b = batched.summary(n_boot=10), single.summary(n_boot=10)
+    for cond in ("none", "massiveds", "ralm", "adaptive"):
+        assert a["overall"][cond]["perplexity"] == pytest.approx(b["overall"][cond]["perplexity"], rel=1e-6)
+    assert batched.runs["ralm"].k.tolist() == [1.0] * len(batched.windows)
+    ks = batched.runs["adaptive"].k
+    assert set(ks.tolist()) <= {0.0, 1.0, 2.0} and 0 < ks.mean() < 2
+
+
+def test_decontamination_removes_a_planted_copy(ds, tiny_lm, monkeypatch):
+    """A passage that repeats the scored text verbatim is retrieved first, and filtered out."""
+    planted = make_text(7, 40)
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48), filters=PassageFilter(dedup=False))
+    monkeypatch.setattr(ev, "passage_text", lambda i: planted if i == 0 else ds.passage(i))
+    scored = [planted]
+    real = ev.search
+    monkeypatch.setattr(ev, "search", lambda kind, q, k: (None, np.array([[0, 5, 6, 7, 8, 9]])[:, :k])
+                        if q else real(kind, q, k))
+    chosen, removed = ev.retrieve(Variant("v", k=2), ["query"], scored, 2)
+    assert chosen == [[5, 6]] and removed["decontamination_jaccard"] + removed["decontamination_shared_run"] == 1
+    off = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48),
+                    filters=PassageFilter(decontaminate=False, dedup=False))
+    monkeypatch.setattr(off, "passage_text", lambda i: planted if i == 0 else ds.passage(i))
+    monkeypatch.setattr(off, "search", lambda kind, q, k: (None, np.array([[0, 5, 6, 7, 8, 9]])[:, :k]))
+    assert off.retrieve(Variant("v", k=2), ["query"], scored, 2)[0] == [[0, 5]]
+
+
+def test_rerank_orders_by_lm_logprob(ds, tiny_lm, eval_sets):
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48))
+    windows = ev.windows(eval_sets)[:3]
+    v = Variant("r", k=2, query="last", query_tokens=8, rerank=4)
+    chosen = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    ranked = ev.rerank(v, windows, chosen)
+    for w, cand, order in zip(windows, chosen, ranked, strict=True):
+        assert sorted(order) == cand
+        ctx = w.context_ids
+        lp = [reference_logprobs(tiny_lm, np.concatenate([ev.passage_ids(p), ctx]), 8).sum() for p in order]
+        assert lp == sorted(lp, reverse=True)
+
+
+def test_window_longer_than_context(ds, tiny_lm):
+    with pytest.raises(ConfigError, match="context"):
+        Evaluator(ds, tiny_lm, windows=WindowConfig(window=1024))
