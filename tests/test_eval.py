@@ -158,3 +158,68 @@ def test_rerank_orders_by_lm_logprob(ds, tiny_lm, eval_sets):
 def test_window_longer_than_context(ds, tiny_lm):
     with pytest.raises(ConfigError, match="context"):
         Evaluator(ds, tiny_lm, windows=WindowConfig(window=1024))
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def hash_queries(monkeypatch):
+    from relm.datastore.store import Datastore
+
+    from conftest import HashEncoder
+
+    monkeypatch.setattr(Datastore, "encoder", lambda self: HashEncoder())
+
+
+def test_cli_eval_writes_summary_windows_table_plot(ds, tiny_lm_dir, tmp_path, hash_queries, capsys):
+    import json
+
+    from relm.cli import main
+
+    from conftest import write_jsonl
+
+    evalf = write_jsonl(tmp_path / "heldout.jsonl",
+                        [{"id": d.id, "text": d.text, "domain": d.domain} for d in docs() + docs(2, 60, "beta")])
+    out = tmp_path / "out"
+    code = main(["eval", str(ds.root), str(evalf), "--lm", str(tiny_lm_dir), "--window", "48", "-k", "2",
+                 "--variants", "massiveds,last-q,adaptive,ralm,rerank", "--rerank-candidates", "3",
+                 "--query-tokens", "8", "--ralm-stride", "8", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["overall"]) == {"none", "massiveds", "last-q", "adaptive", "ralm", "rerank"}
+    assert set(summary["groups"]) == {"heldout/alpha", "heldout/beta"}
+    assert summary["variants"]["ralm"]["stride"] == 8 and summary["settings"]["windows"]["window"] == 48
+    lines = (out / "windows.jsonl").read_text().splitlines()
+    assert len(lines) == summary["settings"]["n_windows"]
+    assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "| overall | massiveds |" in printed and "bits/byte" in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--window", "4096"], "context"),
+    (["--variants", "bogus"], "unknown variant"),
+    (["--variants", "hybrid"], "bm25-index"),
+])
+def test_cli_eval_bad_input(ds, tiny_lm_dir, tmp_path, hash_queries, capsys, extra, message):
+    from relm.cli import main
+
+    from conftest import write_jsonl
+
+    evalf = write_jsonl(tmp_path / "e.jsonl", [{"id": "a", "text": make_text(1, 80)}])
+    assert main(["eval", str(ds.root), str(evalf), "--lm", str(tiny_lm_dir), "--window", "48",
+                 "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_eval_missing_or_empty_inputs(ds, tiny_lm_dir, tmp_path, hash_queries, capsys):
+    from relm.cli import main
+
+    assert main(["eval", str(ds.root), str(tmp_path / "nope.jsonl"), "--lm", str(tiny_lm_dir)]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("")
+    assert main(["eval", str(ds.root), str(tmp_path / "empty.jsonl"), "--lm", str(tiny_lm_dir)]) == 2
+    assert "empty" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"id": "a", "text": "retrieval datastore passage encoder"}\n')
+    assert main(["eval", str(ds.root), str(good), "--lm", str(tmp_path / "nolm")]) == 2
+    assert "not found" in capsys.readouterr().err

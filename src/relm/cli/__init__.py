@@ -15,10 +15,10 @@ import sys
 
 from .. import __version__
 from ..errors import RelmError
-from . import add, build, compact, delete, index, index_eval, info, search
+from . import add, build, compact, delete, eval, index, index_eval, info, search
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, eval)
 
 
 def make_parser() -> argparse.ArgumentParser:

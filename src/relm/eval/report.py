@@ -155,3 +155,55 @@ def plot_scaling(rows: Sequence[Mapping], baselines: Mapping[str, Mapping], path
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
     return path
+
+
+# -- `relm eval` -------------------------------------------------------------------------------------
+def eval_table(summary: Mapping) -> str:
+    """Markdown: per group (overall first) and condition, windows, tokens, perplexity, bits per byte,
+    mean passages, and the change in perplexity against no retrieval with its bootstrap interval."""
+    head = ("| eval set / domain | condition | windows | tokens | perplexity | bits/byte | passages "
+            "| Δ ppl vs none [95% CI] |")
+    lines = [head, "|" + "---|" * 8]
+    groups = {"overall": summary["overall"], **summary["groups"]}
+    for key, block in groups.items():
+        for cond, m in block.items():
+            if cond == "none":
+                delta, k = "-", "0"
+            else:
+                vs = m["vs_none"]
+                lo, hi = vs["ppl_rel_diff_ci"]
+                mark = " *" if vs["excludes_zero"] else ""
+                delta, k = f"{vs['ppl_rel_diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]{mark}", f"{m['mean_k']:.2f}"
+            lines.append(f"| {key} | {cond} | {m['windows']} | {m['tokens']:,} | {m['perplexity']:.3f} "
+                         f"| {m['bits_per_byte']:.4f} | {k} | {delta} |")
+    return "\n".join(lines) + "\n\n`*`: the 95% paired-bootstrap interval excludes zero."
+
+
+def plot_eval(summary: Mapping, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """PNG of grouped bars: perplexity per eval set/domain (and overall), one bar per condition."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    groups = {"overall": summary["overall"], **summary["groups"]}
+    conds = list(summary["overall"])
+    fig = Figure(figsize=(max(6.4, 1.1 * len(groups) * max(1, len(conds)) * 0.45 + 2), 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
+    width = 0.8 / len(conds)
+    x = np.arange(len(groups))
+    for j, cond in enumerate(conds):
+        y = [groups[g][cond]["perplexity"] for g in groups]
+        ax.bar(x + (j - (len(conds) - 1) / 2) * width, y, width, label=cond, color=cycle[j % len(cycle)])
+    ax.set_xticks(x, list(groups), rotation=20, ha="right", fontsize="small")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_title(title or "Perplexity with and without retrieval")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    tmp = _tmp(path)
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,116 @@
+"""`relm eval DS EVAL...`: perplexity and bits per byte of an LM with and without retrieval."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .common import HelpFormatter, add_progress_flags
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate an LM with and without retrieval",
+        description="Pack the eval documents into token windows (one stream per eval file and domain), score "
+        "the second part of each window without retrieval and with each retrieval variant, and report token "
+        "perplexity, loss and true bits per byte side by side, per eval set/domain and overall, with paired "
+        "bootstrap intervals. Writes summary.json, windows.jsonl, table.md and eval.png to --out.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("datastore", metavar="DS")
+    p.add_argument("eval", nargs="+", metavar="EVAL", help="eval files or directories (any format relm build reads)")
+    add_eval_arguments(p)
+    p.add_argument("--out", "-o", metavar="DIR", help="output directory (default: runs/eval-<time>)")
+    p.set_defaults(run=run)
+
+
+def add_eval_arguments(p) -> None:
+    """Flags shared by `relm eval` and `relm scale`: the LM, windows, retrieval and filters."""
+    m = p.add_argument_group("language model")
+    m.add_argument("--lm", default="smollm2", help="'smollm2', a local HF model directory or a .gguf file")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    m.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    m.add_argument("--threads", type=int, help="torch CPU threads")
+    m.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per LM batch")
+    m.add_argument("--batch-size", type=int, help="at most this many sequences per LM batch")
+    m.add_argument("--max-context", type=int, help="cap the LM input (default: the LM's context length)")
+    w = p.add_argument_group("windows")
+    w.add_argument("--window", type=int, default=1024, help="tokens per window")
+    w.add_argument("--stride", type=int, help="scored tokens per window (default: window / 2)")
+    w.add_argument("--max-windows", type=int, help="at most N windows per eval stream (evenly spaced)")
+    r = p.add_argument_group("retrieval")
+    r.add_argument("--variants", default="massiveds",
+                   help="comma list of: massiveds, last-q, hybrid, rerank, adaptive, ralm")
+    r.add_argument("-k", type=int, default=3, help="passages per window")
+    r.add_argument("--query-tokens", type=int, default=32, help="q: tokens in a last-q / ralm query")
+    r.add_argument("--ralm-stride", type=int, default=32, help="ralm: retrieve every s tokens")
+    r.add_argument("--rerank-candidates", type=int, default=8, help="rerank: candidates the LM reorders")
+    r.add_argument("--retriever", default="exact", choices=["exact", "ann"], help="dense search")
+    r.add_argument("--index", metavar="NAME", help="ann: the faiss index")
+    r.add_argument("--bm25-index", metavar="NAME", help="hybrid: the BM25 index")
+    f = p.add_argument_group("filters on retrieved passages")
+    f.add_argument("--no-decontaminate", dest="decontaminate", action="store_false",
+                   help="keep passages that copy the scored text (13-gram Jaccard > 0.8 or ≥ 32 shared words)")
+    f.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep near-duplicate passages")
+    f.add_argument("--min-words", type=int, default=0, help="drop passages shorter than this")
+    add_progress_flags(p)
+
+
+def make_evaluator(args):
+    from ..datastore.store import Datastore
+    from ..eval.evaluate import Evaluator
+    from ..eval.filters import PassageFilter
+    from ..eval.windows import WindowConfig
+    from ..lm import LMConfig, load_lm
+
+    ds = Datastore.open(args.datastore)
+    ds.encoder()  # fail early when the datastore's encoder is unavailable
+    lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype,
+                          max_batch_tokens=args.max_batch_tokens, threads=args.threads))
+    return Evaluator(
+        ds, lm, windows=WindowConfig(args.window, args.stride, args.max_windows), retriever=args.retriever,
+        index=args.index, bm25_index=args.bm25_index,
+        filters=PassageFilter(decontaminate=args.decontaminate, dedup=args.dedup, min_words=args.min_words),
+        max_context=args.max_context, batch_size=args.batch_size, show_progress=args.progress,
+    )
+
+
+def variants_from(args):
+    from ..eval.variants import parse_variants
+
+    return parse_variants(args.variants, k=args.k, query_tokens=args.query_tokens, stride=args.ralm_stride,
+                          rerank=args.rerank_candidates)
+
+
+def run(args) -> int:
+    from ..artifacts import write_json_atomic
+    from ..eval.report import eval_table, plot_eval
+    from ..eval.windows import read_eval_sets
+
+    variants = variants_from(args)
+    eval_sets = read_eval_sets(args.eval)
+    ev = make_evaluator(args)
+    t0 = time.perf_counter()
+    result = ev.run(eval_sets, variants)
+    summary = result.summary()
+    summary["seconds_total"] = time.perf_counter() - t0
+    summary["command"] = "relm eval " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None
+    out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "summary.json", summary)
+    with open(out / "windows.jsonl.tmp", "w") as f:
+        for rec in result.window_records():
+            f.write(json.dumps(rec) + "\n")
+    (out / "windows.jsonl.tmp").replace(out / "windows.jsonl")
+    table = eval_table(summary)
+    (out / "table.md").write_text(table + "\n")
+    plot_eval(summary, out / "eval.png")
+    print(table)
+    removed = {name: {k: v for k, v in counts.items() if v} for name, counts in summary["filters"].items()}
+    print(f"\npassages removed by filters: {json.dumps(removed)}")
+    print(f"{len(result.windows)} windows in {summary['seconds_total']:.0f}s; wrote {out}/"
+          "{summary.json, windows.jsonl, table.md, eval.png}")
+    return 0
