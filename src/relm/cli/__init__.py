@@ -15,10 +15,10 @@ import sys
 
 from .. import __version__
 from ..errors import RelmError
-from . import add, build, compact, delete, eval, index, index_eval, info, scale, search
+from . import add, build, compact, delete, eval, index, index_eval, info, quickstart, scale, search
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, eval, scale)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, eval, scale, quickstart)
 
 
 def make_parser() -> argparse.ArgumentParser:
