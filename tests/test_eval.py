@@ -223,3 +223,20 @@ def test_cli_eval_missing_or_empty_inputs(ds, tiny_lm_dir, tmp_path, hash_querie
     good.write_text('{"id": "a", "text": "retrieval datastore passage encoder"}\n')
     assert main(["eval", str(ds.root), str(good), "--lm", str(tmp_path / "nolm")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_ralm_merges_blocks_with_the_same_passages(ds, tiny_lm, eval_sets):
+    from relm.eval.evaluate import merge_blocks
+
+    blocks = [(0, 32, 40), (0, 40, 48), (0, 48, 56), (1, 32, 40), (1, 40, 48)]
+    chosen = [[5], [5], [6], [6], [6]]
+    assert merge_blocks(blocks, chosen) == [(0, 32, 48, [5]), (0, 48, 56, [6]), (1, 32, 48, [6])]
+    # merged inputs score exactly what block-by-block inputs score
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48))
+    windows = ev.windows(eval_sets)[:4]
+    v = Variant("ralm", protocol="ralm", k=1, query="last", query_tokens=8, stride=4)
+    run = ev._run_ralm(v, windows, 0.0)
+    w, lp = windows[2], run.logprobs[2]
+    c0 = run.passages[2][0]
+    one = reference_logprobs(tiny_lm, np.concatenate([ev.passage_ids(c0), w.ids[:28]]), 4)
+    np.testing.assert_allclose(lp[:4], one, rtol=1e-5, atol=1e-5)

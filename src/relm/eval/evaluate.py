@@ -204,14 +204,18 @@ class Evaluator:
         scored = [self.lm.decode(windows[i].target_ids) for i, _, _ in blocks]
         chosen, filtered = self.retrieve(v, queries, scored, v.k)
         t1 = time.perf_counter()
+        # consecutive blocks of a window that retrieved the same passages share their whole input up to
+        # the later block, so one causal pass scores them together, with the same numbers
+        runs = merge_blocks(blocks, chosen)
         reqs = [ScoreRequest(prepend([self.passage_ids(p) for p in c], windows[i].ids[:b], self.limit), b - a)
-                for (i, a, b), c in zip(blocks, chosen, strict=True)]
+                for i, a, b, c in runs]
         parts = self.score(reqs)
         lps: list[list[np.ndarray]] = [[] for _ in windows]
         used: list[list[int]] = [[] for _ in windows]
-        for (i, _, _), lp, c in zip(blocks, parts, chosen, strict=True):
-            lps[i].append(lp)
+        for (i, _, _), c in zip(blocks, chosen, strict=True):
             used[i].extend(c)
+        for (i, _, _, _), lp in zip(runs, parts, strict=True):
+            lps[i].append(lp)
         n_blocks = np.bincount([i for i, _, _ in blocks], minlength=len(windows))
         t2 = time.perf_counter()
         return VariantRun(v, [np.concatenate(x) for x in lps], np.array([len(u) for u in used]) / n_blocks, used,
@@ -297,3 +301,15 @@ class Evaluator:
             firsts.setdefault(key, r)
         scored = self.lm.score(list(firsts.values()), batch_size=self.batch_size, show_progress=self.show_progress)
         return [scored[unique[key]] for key in keys]
+
+
+def merge_blocks(blocks: list[tuple[int, int, int]], chosen: list[list[int]]) -> list[tuple[int, int, int, list[int]]]:
+    """Runs of consecutive In-Context RALM blocks (window i, [a, b)) with the same passages, as
+    (i, first a, last b, passages): one LM input covers the run."""
+    runs: list[tuple[int, int, int, list[int]]] = []
+    for (i, a, b), c in zip(blocks, chosen, strict=True):
+        if runs and runs[-1][0] == i and runs[-1][2] == a and runs[-1][3] == c:
+            runs[-1] = (i, runs[-1][1], b, c)
+        else:
+            runs.append((i, a, b, c))
+    return runs
