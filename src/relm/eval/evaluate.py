@@ -134,7 +134,12 @@ class Evaluator:
             raise ConfigError("variant names must be distinct")
         windows = self.windows(eval_sets)
         t0 = time.perf_counter()
-        full = self.score([ScoreRequest(w.ids, len(w.ids) - 1) for w in windows])
+        # the no-retrieval pass also scores the query tokens (for adaptive k and the per-window records):
+        # the whole context when an adaptive variant queries with it, else the last q context tokens
+        q = max([v.query_tokens for v in variants] + [32])
+        whole = any(v.adaptive and v.query == "context" for v in variants)
+        full = self.score([ScoreRequest(w.ids, len(w.ids) - 1 if whole else min(len(w.ids) - 1, w.n_target + q))
+                           for w in windows])
         baseline = [lp[-w.n_target :] for w, lp in zip(windows, full, strict=True)]
         base_s = time.perf_counter() - t0
         log.info("no retrieval: %d windows scored in %.1fs", len(windows), base_s)
@@ -150,7 +155,7 @@ class Evaluator:
 
     def query_losses(self, windows: list[Window], full: list[np.ndarray], q: int | None) -> np.ndarray:
         """The LM's mean NLL on each window's query tokens (the last q context tokens; all if q is None),
-        read off the no-retrieval pass: full[i][j] is the log-prob of window token j + 1."""
+        read off the no-retrieval pass, which scored the last len(full[i]) tokens of window i."""
         out = np.empty(len(windows))
         for i, (w, lp) in enumerate(zip(windows, full, strict=True)):
             ctx = lp[: len(lp) - w.n_target]  # tokens 1 .. n_context - 1

@@ -67,7 +67,7 @@ def run_scaling(ev: Evaluator, eval_sets, variant: Variant, fractions: list[floa
         log.warning(w)
     t0 = time.perf_counter()
     windows = ev.windows(eval_sets)
-    full = ev.score([ScoreRequest(w.ids, len(w.ids) - 1) for w in windows])
+    full = ev.score([ScoreRequest(w.ids, w.n_target) for w in windows])
     t1 = time.perf_counter()
     tokens = np.array([w.n_tokens for w in windows])
     nbytes = np.array([w.n_bytes for w in windows])
