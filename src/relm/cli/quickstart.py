@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("-k", type=int, default=2, help="passages prepended per window / per question")
     p.add_argument("--variants", default="massiveds,last-q", help="retrieval variants to compare (see relm eval)")
     p.add_argument("--question", action="append", default=[], help="a question to answer (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=80, help="answer length")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     add_progress_flags(p)
     p.set_defaults(run=run)
