@@ -159,7 +159,10 @@ def test_blocks_retries_and_1d_stream_give_the_same_result(ds, tmp_path, monkeyp
     monkeypatch.setattr(nb, "EXTRA_CANDIDATES", 0)  # first search finds only own-document chunks: retried
     small = build_neighbours(ds, stream, stream_doc, tmp_path / "small", k=2, block=2, show_progress=False)
     flat = build_neighbours(ds, stream.reshape(-1), stream_doc, tmp_path / "flat", k=2)
-    for db in (small, flat):
+    # the datastore's own chunks: their stored embeddings serve as the queries, nothing is re-encoded
+    stored = build_neighbours(ds, stream, stream_doc, tmp_path / "stored", k=2,
+                              query_vectors=ds.embeddings(nb.full_chunk_ids(ds)))
+    for db in (small, flat, stored):
         np.testing.assert_allclose(db.scores, ref.scores, atol=1e-6)
         assert np.array_equal(np.sort(db.ids, axis=1), np.sort(ref.ids, axis=1))  # ties may swap order
     assert ref.manifest["stream"]["sha256"] == flat.manifest["stream"]["sha256"]

@@ -365,6 +365,7 @@ def build_neighbours(
     show_progress: bool | None = None,
     description: str = "",
     overwrite: bool = False,
+    query_vectors: np.ndarray | None = None,
 ) -> NeighbourDB:
     """Retrieve k neighbours [N, F] for every m-token chunk of a stream and save them as a `NeighbourDB`.
 
@@ -374,6 +375,9 @@ def build_neighbours(
     tokenizer / encoder: default to the datastore's own; others are refused unless their fingerprints
         match the datastore manifest's. Chunks are processed `block` at a time (memory: one block of
         query vectors and neighbours); the directory is written to OUT.tmp and moved into place.
+    query_vectors: (n_chunks, d) embeddings of the stream's chunks when they are already known, e.g.
+        `ds.embeddings(full_chunk_ids(ds))` for `datastore_stream(ds)`: the datastore's keys are the
+        encoder's embeddings of those very chunks, so they need no second encoding.
     """
     t_start = time.perf_counter()
     k = check_k(k)
@@ -386,6 +390,9 @@ def build_neighbours(
     tok = resolve_tokenizer(ds, tokenizer)
     enc = resolve_encoder(ds, encoder)
     search, search_info = _searcher(ds, index)
+    if query_vectors is not None and np.shape(query_vectors) != (len(chunks), ds.dim):
+        raise ConfigError(f"query_vectors has shape {np.shape(query_vectors)}, the stream needs "
+                          f"({len(chunks)}, {ds.dim})")
     out = Path(out)
     if out.exists() and not overwrite:
         raise DatastoreError(f"{out} exists; pass overwrite=True to rebuild the neighbours")
@@ -395,7 +402,7 @@ def build_neighbours(
     tmp.mkdir(parents=True)
     try:
         counts, seconds, stream_hash = _fill(
-            tmp, ds, chunks, excluded, k, m, tok, enc, search, block, batch_size, show_progress
+            tmp, ds, chunks, excluded, k, m, tok, enc, search, block, batch_size, show_progress, query_vectors
         )
         seconds["total"] = time.perf_counter() - t_start
         n, r = len(chunks), 2 * m
@@ -433,7 +440,8 @@ def build_neighbours(
     return NeighbourDB.open(out, ds)
 
 
-def _fill(tmp, ds, chunks, excluded, k, m, tok, enc, search, block, batch_size, show_progress):
+def _fill(tmp, ds, chunks, excluded, k, m, tok, enc, search, block, batch_size, show_progress,
+          query_vectors=None):
     """Encode, search and gather block by block into memory-mapped arrays under tmp."""
     n = len(chunks)
     shapes = {"neighbours": (n, k, 2 * m), "mask": (n, k, 2 * m), "ids": (n, k), "scores": (n, k)}
@@ -461,8 +469,10 @@ def _fill(tmp, ds, chunks, excluded, k, m, tok, enc, search, block, batch_size, 
             h.update(q.tobytes())
             h.update(ex.tobytes())
             t0 = time.perf_counter()
-            # the encoder directly, not ds.encode_queries: a chunk may decode to whitespace only
-            vectors = enc.encode([tok.decode(row) for row in q], batch_size=batch_size, normalize=normalize)
+            if query_vectors is not None:
+                vectors = np.asarray(query_vectors[a : a + len(q)], dtype=np.float32)
+            else:  # the encoder directly, not ds.encode_queries: a chunk may decode to whitespace only
+                vectors = enc.encode([tok.decode(row) for row in q], batch_size=batch_size, normalize=normalize)
             t1 = time.perf_counter()
             scores, ids = search_excluding(search, np.asarray(vectors, np.float32), ex, k, doc_index, doc_sizes)
             t2 = time.perf_counter()
