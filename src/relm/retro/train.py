@@ -1,0 +1,309 @@
+"""Training RETRO (or the same decoder without retrieval): AdamW, warm-up + cosine decay, clipping,
+safetensors checkpoints with resume, periodic held-out evaluation in loss and bits per byte.
+
+The batch order is a pure function of (seed, step): epoch e visits the training sequences in
+permutation rng(seed + e), so a resumed run draws exactly the batches the uninterrupted run would
+have, and resuming from a checkpoint continues the same run. Checkpoints hold the trainable
+parameters (all of them for a model trained from scratch; only the inserted layers for a retrofit,
+whose base weights are re-read from the base model), the AdamW state, the step, and the configs.
+
+GPU paths: bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing), and DDP when launched
+with torchrun (WORLD_SIZE > 1: each rank takes every WORLD_SIZE-th sequence of a batch). Neither can
+run on this CPU-only machine; they follow the PyTorch recipes and are kept behind `device`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..progress import progress
+from .data import IGNORE, ChunkStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    seq_chunks: int = 4  # sequence length T = seq_chunks · chunk_size
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_sequences: int = 64
+    checkpoint_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    retrieval: bool = True  # False: the same decoder trained without retrieval (the baseline)
+    device: str = "auto"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_chunks", "eval_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ConfigError(f"need 0 < min_lr ≤ lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.warmup < 0 or self.grad_clip <= 0:
+            raise ConfigError("warmup must be ≥ 0 and grad_clip > 0")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to lr over `warmup` steps, then cosine decay to min_lr at `steps` (nanoGPT's schedule)."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress_ = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress_)) * (cfg.lr - cfg.min_lr)
+
+
+def batch_starts(train_starts: np.ndarray, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The training batch of `step`: a slice of epoch e's seeded permutation (pure in step)."""
+    n = len(train_starts)
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng(seed + epoch).permutation(n)
+    return train_starts[np.sort(perm[i * batch_size : (i + 1) * batch_size])]
+
+
+def to_torch(batch: dict[str, np.ndarray], device) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+
+
+def model_inputs(batch: dict[str, Any], retrieval: bool, fusion: str = "retro") -> dict[str, Any]:
+    """Keyword arguments of RetroModel.forward for a batch: neighbour tokens for fusion "retro",
+    passage vectors for "relm"."""
+    kw = {"targets": batch["targets"], "retrieval": retrieval}
+    if retrieval and fusion == "relm":
+        if "passage_vectors" not in batch:
+            raise ConfigError("fusion 'relm' reads passage vectors: give the stream the datastore's embeddings")
+        kw["passage_vectors"], kw["vector_mask"] = batch["passage_vectors"], batch["vector_mask"]
+    elif retrieval:
+        kw["neighbours"], kw["neighbour_mask"] = batch["neighbours"], batch["neighbour_mask"]
+    return kw
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Trainer:
+    """Owns the optimizer, the schedule and the checkpoint directory of one run."""
+
+    def __init__(self, model, train: ChunkStream, train_starts: np.ndarray, cfg: TrainConfig, out: str | Path, *,
+                 held_out: ChunkStream | None = None, held_out_starts: np.ndarray | None = None,
+                 chunk_bytes: np.ndarray | None = None, extra_config: dict | None = None):
+        import torch
+
+        self.cfg, self.out = cfg, Path(out)
+        self.device = pick_device(cfg.device)
+        self.model = model.to(self.device)
+        self.train_stream, self.train_starts = train, np.asarray(train_starts)
+        if len(self.train_starts) == 0:
+            raise ConfigError("no training sequences: the stream is shorter than one sequence")
+        self.held_out, self.held_out_starts = held_out, held_out_starts
+        self.chunk_bytes = chunk_bytes  # bytes of each held-out chunk, for bits per byte
+        self.extra_config = extra_config or {}
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+            fused=self.device.startswith("cuda"),
+        )
+        self.amp_dtype = None
+        if self.device.startswith("cuda"):
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.ddp = None
+        if self.world > 1:  # torchrun: one process per GPU
+            torch.distributed.init_process_group("nccl" if self.device.startswith("cuda") else "gloo")
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, Any]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def save(self) -> Path:
+        from safetensors.torch import save_file
+
+        if self.rank:
+            return self.out
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state(), str(tmp / "model.safetensors"))
+        opt = {}
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                for key, value in self.optimizer.state.get(p, {}).items():
+                    opt[f"{names[id(p)]}::{key}"] = value.detach().cpu().reshape(-1) if value.dim() else \
+                        value.detach().cpu().reshape(1)
+        save_file(opt, str(tmp / "optimizer.safetensors"))
+        state = {"step": self.step, "history": self.history, "train": asdict(self.cfg),
+                 "model": self.model.config.to_dict(), **self.extra_config}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+            os.replace(tmp / name, self.out / name)  # state.json last: it names the step the others hold
+        tmp.rmdir()
+        return self.out
+
+    def resume(self) -> bool:
+        """Load the checkpoint in `out` if there is one (refusing one from another model config)."""
+        import torch
+        from safetensors.torch import load_file
+
+        state_path = self.out / "state.json"
+        if not state_path.exists():
+            return False
+        state = json.loads(state_path.read_text())
+        if state["model"] != self.model.config.to_dict():
+            raise ConfigError(f"{self.out}: the checkpoint is from another model config; use another --out")
+        weights = load_file(str(self.out / "model.safetensors"))
+        missing = {n for n, p in self.model.named_parameters() if p.requires_grad} - set(weights)
+        if missing:
+            raise ConfigError(f"{self.out}: checkpoint lacks {sorted(missing)[:3]}...; it is not from this run")
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            for n, w in weights.items():
+                params[n].copy_(w.to(params[n].device, params[n].dtype))
+        opt = load_file(str(self.out / "optimizer.safetensors"))
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                name = next(n for n, q in params.items() if q is p)
+                st = {}
+                for key in ("step", "exp_avg", "exp_avg_sq"):
+                    if f"{name}::{key}" in opt:
+                        v = opt[f"{name}::{key}"].to(p.device)
+                        st[key] = v.reshape(()) if key == "step" else v.reshape(p.shape)
+                if st:
+                    self.optimizer.state[p] = st
+        self.step, self.history = int(state["step"]), list(state["history"])
+        log.info("resumed %s at step %d", self.out, self.step)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train(self, *, resume: bool = True, show_progress: bool | None = None,
+              until: int | None = None) -> list[dict[str, Any]]:
+        """Train to cfg.steps (or stop early at step `until`, as an interruption would; a later call with
+        resume=True continues the same run)."""
+        import torch
+
+        cfg = self.cfg
+        stop = min(cfg.steps, until or cfg.steps)
+        if resume:
+            self.resume()
+        model = self.ddp or self.model
+        model.train()
+        t0, tokens_done = time.perf_counter(), 0
+        with progress(total=cfg.steps, initial=self.step, desc="retro train", unit="step",
+                      enabled=show_progress) as bar:
+            while self.step < stop:
+                lr = lr_at(self.step, cfg)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                starts = batch_starts(self.train_starts, self.step, cfg.batch_size, cfg.seed)
+                starts = starts[self.rank :: self.world]
+                batch = to_torch(self.train_stream.batch(starts, cfg.seq_chunks), self.device)
+                with torch.autocast(self.device.split(":")[0], dtype=self.amp_dtype,
+                                    enabled=self.amp_dtype is not None):
+                    _, loss = model(batch["tokens"], **model_inputs(batch, cfg.retrieval, self.model.config.fusion))
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                                      cfg.grad_clip)
+                if self.scaler:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.step += 1
+                tokens_done += int((batch["targets"] != IGNORE).sum())
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    rec = {"step": self.step, "loss": float(loss.detach()), "lr": lr, "grad_norm": float(norm),
+                           "tokens_per_s": tokens_done / (time.perf_counter() - t0)}
+                    self.history.append(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                if self.held_out is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    ev = self.evaluate(self.held_out, self.held_out_starts[: cfg.eval_sequences], cfg.retrieval)
+                    self.history.append({"step": self.step, "held_out": ev})
+                    log.info("step %d: held-out loss %.4f, bpb %.4f", self.step, ev["loss"], ev["bits_per_byte"])
+                    model.train()
+                if self.step % cfg.checkpoint_every == 0 or self.step in (cfg.steps, stop):
+                    self.save()
+        return self.history
+
+    def evaluate(self, stream: ChunkStream, starts: np.ndarray, retrieval: bool) -> dict[str, float]:
+        return evaluate_sequences(self.model, stream, starts, self.cfg.seq_chunks, retrieval,
+                                  self.chunk_bytes, batch_size=self.cfg.batch_size, device=self.device)
+
+
+def evaluate_sequences(model, stream: ChunkStream, starts: np.ndarray, seq_chunks: int, retrieval: bool,
+                       chunk_bytes: np.ndarray | None, *, batch_size: int = 8, device: str = "cpu",
+                       per_chunk: bool = False) -> dict[str, Any]:
+    """Mean loss (nats/token), perplexity and bits per byte of `model` on the sequences at `starts`;
+    per_chunk=True also returns each chunk's NLL in nats, keyed by stream row ("chunk_nll")."""
+    import torch
+
+    model.eval()
+    m = stream.chunk_size
+    nll_rows: dict[int, float] = {}
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for a in range(0, len(starts), batch_size):
+            s = np.asarray(starts[a : a + batch_size])
+            batch = to_torch(stream.batch(s, seq_chunks), device)
+            kw = model_inputs(batch, retrieval, model.config.fusion)
+            targets = kw.pop("targets")
+            logits, _ = model(batch["tokens"], **kw)
+            lp = torch.log_softmax(logits.float(), -1)
+            valid = targets != IGNORE
+            nll = -lp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * valid  # (B, T)
+            total += float(nll.sum())
+            count += int(valid.sum())
+            per = nll.reshape(len(s), seq_chunks, m).sum(-1).cpu().numpy()  # (B, L)
+            for b, st in enumerate(s):
+                for u in range(seq_chunks):
+                    nll_rows[int(st) + u] = float(per[b, u])
+    out: dict[str, Any] = {"loss": total / max(count, 1), "perplexity": math.exp(total / max(count, 1)),
+                           "tokens": count}
+    if chunk_bytes is not None:
+        rows = np.array(sorted(nll_rows))
+        nbytes = int(np.asarray(chunk_bytes)[rows].sum())
+        out["bits_per_byte"] = sum(nll_rows.values()) / math.log(2) / max(nbytes, 1)
+        out["bytes"] = nbytes
+    else:
+        out["bits_per_byte"] = float("nan")
+    if per_chunk:
+        out["chunk_nll"] = nll_rows
+    return out
