@@ -86,3 +86,27 @@ def test_baseline_and_relm_fusion_train(stream, tmp_path):
     on = evaluate_sequences(relm, st, starts[:4], 4, True, None)
     off = evaluate_sequences(relm, st, starts[:4], 4, False, None, per_chunk=True)
     assert on["loss"] != off["loss"] and len(off["chunk_nll"]) == 16
+
+
+def test_retro_evaluation_windows_and_leakage_curve(stream, tmp_path):
+    from relm.retro.evaluate import evaluate_retro, leakage_table, plot_leakage, scored_from, window_starts
+
+    assert window_starts(10, 4, 2).tolist() == [0, 2, 4, 6]
+    assert window_starts(11, 4, 2).tolist() == [0, 2, 4, 6, 7]
+    assert scored_from(window_starts(11, 4, 2), 4).tolist() == [0, 2, 2, 2, 3]
+    st, vocab = stream
+    model = tiny(vocab)
+    for p in model.parameters():  # non-zero CCA output so retrieval matters
+        if p.dim() >= 2:
+            torch.nn.init.normal_(p, std=0.2)
+    res = evaluate_retro({"on": (model, True), "off": (model, False)}, st, np.full(len(st.chunks), 20),
+                         window_chunks=4, stride_chunks=2)
+    n = len(st.chunks)
+    assert res["chunks"] == n  # every chunk scored exactly once
+    on, off = res["results"]["on"], res["results"]["off"]
+    assert on["bits_per_byte"] != off["bits_per_byte"]
+    curve = on["leakage_curve"]
+    assert curve[-1]["chunks"] == n and curve[-1]["bpb"] == pytest.approx(on["bits_per_byte"])
+    assert [c["chunks"] for c in curve] == sorted(c["chunks"] for c in curve)
+    assert "| on |" in leakage_table(res)
+    assert plot_leakage(res, tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"

@@ -270,15 +270,19 @@ class Trainer:
 
 def evaluate_sequences(model, stream: ChunkStream, starts: np.ndarray, seq_chunks: int, retrieval: bool,
                        chunk_bytes: np.ndarray | None, *, batch_size: int = 8, device: str = "cpu",
-                       per_chunk: bool = False) -> dict[str, Any]:
+                       per_chunk: bool = False, score_from: int | np.ndarray = 0) -> dict[str, Any]:
     """Mean loss (nats/token), perplexity and bits per byte of `model` on the sequences at `starts`;
-    per_chunk=True also returns each chunk's NLL in nats, keyed by stream row ("chunk_nll")."""
+    per_chunk=True also returns each chunk's NLL in nats, keyed by stream row ("chunk_nll").
+
+    score_from: sliding-window evaluation: only chunks at positions ≥ score_from of a window are scored
+    (the earlier ones are its context); an int for every window or one value per start."""
     import torch
 
     model.eval()
     m = stream.chunk_size
     nll_rows: dict[int, float] = {}
     total, count = 0.0, 0
+    first = np.broadcast_to(np.asarray(score_from, dtype=np.int64), (len(starts),)).copy()
     with torch.inference_mode():
         for a in range(0, len(starts), batch_size):
             s = np.asarray(starts[a : a + batch_size])
@@ -288,13 +292,17 @@ def evaluate_sequences(model, stream: ChunkStream, starts: np.ndarray, seq_chunk
             logits, _ = model(batch["tokens"], **kw)
             lp = torch.log_softmax(logits.float(), -1)
             valid = targets != IGNORE
+            from_ = torch.as_tensor(first[a : a + batch_size], device=valid.device)
+            scored = torch.arange(seq_chunks, device=valid.device)[None, :] >= from_[:, None]  # (B, L)
+            valid = valid & scored.repeat_interleave(m, dim=1)  # (B, T)
             nll = -lp.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * valid  # (B, T)
             total += float(nll.sum())
             count += int(valid.sum())
             per = nll.reshape(len(s), seq_chunks, m).sum(-1).cpu().numpy()  # (B, L)
             for b, st in enumerate(s):
                 for u in range(seq_chunks):
-                    nll_rows[int(st) + u] = float(per[b, u])
+                    if scored[b, u]:
+                        nll_rows[int(st) + u] = float(per[b, u])
     out: dict[str, Any] = {"loss": total / max(count, 1), "perplexity": math.exp(total / max(count, 1)),
                            "tokens": count}
     if chunk_bytes is not None:

@@ -1,0 +1,118 @@
+"""RETRO evaluation: bits per byte with retrieval ON and OFF over sliding windows of held-out chunks,
+and the leakage-filtered curve (bpb over the chunks whose overlap with their neighbours is ≤ α)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .data import ChunkStream
+from .leakage import ALPHAS, filtered_bpb, overlap_ratios
+from .train import evaluate_sequences
+
+
+def window_starts(n_chunks: int, window_chunks: int, stride_chunks: int) -> np.ndarray:
+    """Sliding windows of window_chunks chunks advancing by stride_chunks; the last window is moved back
+    to end at the stream's end, so every chunk is scored once (2048/1024 tokens = 32/16 chunks of 64)."""
+    if not 1 <= stride_chunks <= window_chunks:
+        raise ConfigError(f"need 1 ≤ stride ≤ window (in chunks), got {stride_chunks} and {window_chunks}")
+    if n_chunks < window_chunks:
+        raise ConfigError(f"the eval stream has {n_chunks} chunks, fewer than one window of {window_chunks}; "
+                          "pass a smaller --window")
+    starts = list(range(0, n_chunks - window_chunks + 1, stride_chunks))
+    if starts[-1] + window_chunks < n_chunks:
+        starts.append(n_chunks - window_chunks)
+    return np.array(starts, dtype=np.int64)
+
+
+def scored_from(starts: np.ndarray, window_chunks: int) -> np.ndarray:
+    """Per window, the first chunk position not scored by an earlier window (0 for the first; L − s for
+    regular ones; more for a last window moved back to the stream's end)."""
+    out = np.empty(len(starts), dtype=np.int64)
+    covered = 0
+    for i, st in enumerate(starts):
+        out[i] = max(0, covered - int(st))
+        covered = int(st) + window_chunks
+    return out
+
+
+def chunk_byte_counts(chunks: np.ndarray, tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each chunk's decoded text (the denominator of bits per byte)."""
+    return np.array([len(tokenizer.decode(row).encode("utf-8")) for row in chunks], dtype=np.int64)
+
+
+def evaluate_retro(models: dict[str, tuple[Any, bool]], stream: ChunkStream, chunk_bytes: np.ndarray, *,
+                   window_chunks: int, stride_chunks: int, batch_size: int = 4, device: str = "cpu",
+                   alphas=ALPHAS) -> dict[str, Any]:
+    """models: {label: (model, retrieval on?)}, e.g. {"retro on": (m, True), "retro off": (m, False),
+    "baseline": (b, False)}. Scores every chunk once (windows overlap; only the last stride_chunks of a
+    window are scored, all of the first window). Returns per label the summary and the α curve."""
+    starts = window_starts(len(stream.chunks), window_chunks, stride_chunks)
+    score_from = scored_from(starts, window_chunks)
+    out: dict[str, Any] = {"windows": len(starts), "window_chunks": window_chunks, "stride_chunks": stride_chunks}
+    per_label = {}
+    rows = None
+    for label, (model, retrieval) in models.items():
+        res = evaluate_sequences(model, stream, starts, window_chunks, retrieval, chunk_bytes,
+                                 batch_size=batch_size, device=device, per_chunk=True, score_from=score_from)
+        per_label[label] = res
+        rows = np.array(sorted(res["chunk_nll"])) if rows is None else rows
+    assert rows is not None
+    nb, mask = stream.neighbours.batch(rows)
+    ratios = overlap_ratios(np.asarray(stream.chunks[rows]), nb, mask)
+    nbytes = np.asarray(chunk_bytes)[rows]
+    out["chunks"] = len(rows)
+    out["overlap_histogram"] = {str(a): int((ratios <= a + 1e-12).sum()) for a in alphas}
+    out["results"] = {}
+    for label, res in per_label.items():
+        bits = np.array([res["chunk_nll"][r] for r in rows]) / math.log(2)
+        out["results"][label] = {
+            "loss": res["loss"], "perplexity": res["perplexity"], "tokens": res["tokens"],
+            "bits_per_byte": float(bits.sum() / nbytes.sum()),
+            "leakage_curve": filtered_bpb(bits, nbytes, ratios, alphas),
+        }
+    return out
+
+
+def leakage_table(result: dict[str, Any]) -> str:
+    labels = list(result["results"])
+    alphas = [c["alpha"] for c in result["results"][labels[0]]["leakage_curve"]]
+    head = "| model | bpb (all) | " + " | ".join(f"bpb r≤{a:g}" for a in alphas) + " |"
+    lines = [head, "|" + "---|" * (len(alphas) + 2)]
+    for label in labels:
+        r = result["results"][label]
+        cells = " | ".join(f"{c['bpb']:.4f}" for c in r["leakage_curve"])
+        lines.append(f"| {label} | {r['bits_per_byte']:.4f} | {cells} |")
+    counts = " | ".join(str(result["overlap_histogram"][str(a)]) for a in alphas)
+    lines.append(f"| chunks kept | {result['chunks']} | {counts} |")
+    return "\n".join(lines)
+
+
+def plot_leakage(result: dict[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """PNG: bits per byte against the overlap threshold α, one line per model (RETRO paper, Fig. 6)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, r in result["results"].items():
+        xs = [c["alpha"] for c in r["leakage_curve"]]
+        ys = [c["bpb"] for c in r["leakage_curve"]]
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("max overlap with retrieved neighbours α (longest common token run / chunk length)")
+    ax.set_ylabel("bits per byte (chunks with r ≤ α)")
+    ax.set_title(title or "Leakage-filtered evaluation")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
