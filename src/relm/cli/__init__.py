@@ -15,10 +15,10 @@ import sys
 
 from .. import __version__
 from ..errors import RelmError
-from . import add, build, compact, delete, eval, index, index_eval, info, quickstart, scale, search
+from . import add, build, compact, delete, eval, index, index_eval, info, quickstart, retro, scale, search
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, eval, scale, quickstart)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, eval, scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -36,12 +36,24 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (tests and tools swap it), not the stream seen at set-up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root = logging.getLogger("relm")
     root.setLevel(level)
     if not any(getattr(h, "_relm", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("relm: %(message)s"))
         handler._relm = True  # type: ignore[attr-defined]
         root.addHandler(handler)
