@@ -25,6 +25,27 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f"{path.stem}.tmp{path.suffix}")
 
 
+def new_figure(width: float = 6.4, height: float = 4.4):
+    """(figure, axes) on matplotlib's Agg canvas: no pyplot state, no GUI backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def save_figure(fig, ax, path: str | os.PathLike) -> Path:
+    """Legend, tight layout, and an atomic PNG write (a .tmp.png, then os.replace)."""
+    path = Path(path)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    tmp = _tmp(path)
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
 def write_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     """One line per row: the standard FIELDS first, then any extra keys in order of first appearance."""
     path = Path(path)
@@ -110,16 +131,12 @@ def plot_scaling(rows: Sequence[Mapping], baselines: Mapping[str, Mapping], path
     pyplot state or GUI backend is touched.
     """
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     path = Path(path)
     summaries = summarize(rows)
     lms = sorted({s["lm"] for s in summaries} | set(baselines))
     curves = _fit_curves(fit, lms)
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
     xs_all: list[float] = []
     for i, lm in enumerate(lms):
@@ -149,12 +166,7 @@ def plot_scaling(rows: Sequence[Mapping], baselines: Mapping[str, Mapping], path
     ax.set_ylabel("perplexity")
     ax.set_title(title or "Perplexity vs datastore size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = _tmp(path)
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, ax, path)
 
 
 # -- `relm eval` -------------------------------------------------------------------------------------
@@ -182,15 +194,11 @@ def eval_table(summary: Mapping) -> str:
 def plot_eval(summary: Mapping, path: str | os.PathLike, *, title: str | None = None) -> Path:
     """PNG of grouped bars: perplexity per eval set/domain (and overall), one bar per condition."""
     import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     path = Path(path)
     groups = {"overall": summary["overall"], **summary["groups"]}
     conds = list(summary["overall"])
-    fig = Figure(figsize=(max(6.4, 1.1 * len(groups) * max(1, len(conds)) * 0.45 + 2), 4.4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure(max(6.4, 1.1 * len(groups) * max(1, len(conds)) * 0.45 + 2))
     cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
     width = 0.8 / len(conds)
     x = np.arange(len(groups))
@@ -201,9 +209,4 @@ def plot_eval(summary: Mapping, path: str | os.PathLike, *, title: str | None = 
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(title or "Perplexity with and without retrieval")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = _tmp(path)
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, ax, path)

@@ -95,13 +95,9 @@ def leakage_table(result: dict[str, Any]) -> str:
 
 def plot_leakage(result: dict[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
     """PNG: bits per byte against the overlap threshold α, one line per model (RETRO paper, Fig. 6)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from ..eval.report import new_figure, save_figure
 
-    path = Path(path)
-    fig = Figure(figsize=(6.4, 4.4), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     for label, r in result["results"].items():
         xs = [c["alpha"] for c in r["leakage_curve"]]
         ys = [c["bpb"] for c in r["leakage_curve"]]
@@ -110,9 +106,4 @@ def plot_leakage(result: dict[str, Any], path: str | os.PathLike, *, title: str 
     ax.set_ylabel("bits per byte (chunks with r ≤ α)")
     ax.set_title(title or "Leakage-filtered evaluation")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, ax, path)
