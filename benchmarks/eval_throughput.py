@@ -8,7 +8,8 @@ repetition:
          queries encoded in one batch, one search call, every LM input (with and without retrieval)
          scored in length-sorted padded batches, the output head applied only at scored positions.
   loop   the MassiveDS way: per window, encode its query, search, filter, build the input, run the
-         LM on the window alone and on the window with passages (full logits, log-softmax), and
+         LM on the window alone and on the window with passages (full float32 logits at every position,
+         log-softmax), and
          take the loss on the second half.
 
 Both report perplexity without and with retrieval; they must agree (to float32 reduction order).
@@ -80,9 +81,9 @@ def run_loop(ds, lm, eval_sets, wc: WindowConfig, k: int) -> dict:
         for ids_in, which in ((w.ids, "none"), (prepend(passages, w.ids, ev.limit), "ret")):
             x = torch.from_numpy(ids_in)[None]
             with torch.inference_mode():
-                logp = torch.log_softmax(lm.model(x).logits[0].double(), -1)
+                logp = torch.log_softmax(lm.model(x).logits[0].float(), -1)  # as MassiveDS: all positions
             t = torch.arange(len(ids_in) - w.n_target, len(ids_in))
-            nll = -logp[t - 1, x[0, t]][mask].sum().item()
+            nll = -logp[t - 1, x[0, t]].double()[mask].sum().item()
             if which == "none":
                 nll_none += nll
             else:
