@@ -353,6 +353,7 @@ class AnnIndex:
         self.dim = int(index.d)
         self._fetch = shard_reader(ds.embedding_shards)
         self._params: dict[tuple[int | None, int, int], Any] = {}  # unfiltered SearchParameters, reused
+        self._resolved: dict[tuple, tuple[int | None, int, int]] = {}  # knob arguments -> validated knobs
         self.refine_in_memory = bool(refine_in_memory)
         self._refiner = None  # (IndexRefine, its SQfp16 index): built on the first in-memory refine
 
@@ -405,11 +406,7 @@ class AnnIndex:
         """
         k = check_k(k)
         queries = self._queries(vectors)
-        d = self.config["search"]
-        nprobe = _knob("nprobe", nprobe if nprobe is not None else d.get("nprobe"), 1)
-        ef_search = _knob("ef_search", ef_search if ef_search is not None else d.get("ef_search") or 64, 1)
-        refine = _knob("refine_factor", refine_factor if refine_factor is not None else d.get("refine_factor"), 0)
-        refine = refine or 0
+        nprobe, ef_search, refine = self._knobs(nprobe, ef_search, refine_factor)
         if len(queries) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
         in_memory = bool(refine) and self.refine_in_memory
@@ -450,7 +447,27 @@ class AnnIndex:
             self._refiner = (_faiss().IndexRefine(self.index, sq), sq)
         return self._refiner[0]
 
+    def _knobs(self, nprobe, ef_search, refine_factor) -> tuple[int | None, int, int]:
+        """(nprobe, ef_search, refine) from the arguments and the stored defaults, validated once per
+        distinct combination (a single query costs ~10 µs in faiss, so per-call checks show)."""
+        key = (nprobe, ef_search, refine_factor)
+        hit = self._resolved.get(key) if all(isinstance(v, int | None) for v in key) else None
+        if hit is not None:
+            return hit
+        d = self.config["search"]
+        out = (
+            _knob("nprobe", nprobe if nprobe is not None else d.get("nprobe"), 1),
+            _knob("ef_search", ef_search if ef_search is not None else d.get("ef_search") or 64, 1),
+            _knob("refine_factor", refine_factor if refine_factor is not None else d.get("refine_factor"), 0) or 0,
+        )
+        if len(self._resolved) < 64 and all(isinstance(v, int | None) for v in key):
+            self._resolved[key] = out
+        return out
+
     def _queries(self, vectors: np.ndarray) -> np.ndarray:
+        if (type(vectors) is np.ndarray and vectors.dtype == np.float32 and vectors.ndim == 2
+                and vectors.shape[1] == self.dim and vectors.flags.c_contiguous):
+            return vectors  # the common case, checked in ~1 µs
         q = np.asarray(vectors, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -511,6 +528,7 @@ def add_new_vectors(ds, name: str, *, show_progress: bool | None = None, into: A
         fresh = AnnIndex.open(ds, name)
         into.ds, into.config, into.index, into.load_mode = ds, fresh.config, fresh.index, fresh.load_mode
         into._params, into._fetch, into._refiner = {}, shard_reader(ds.embedding_shards), None
+        into._resolved = {}
     return added
 
 
