@@ -14,7 +14,7 @@ def register(sub) -> None:
         "quickstart",
         help="the whole loop on Python's bundled docs: build, evaluate with/without retrieval, ask",
         description="Build a datastore from the documentation inside Python (pydoc topics and stdlib "
-        "docstrings) or from --corpus, hold out 10%% of its documents, evaluate the LM on them without and "
+        "docstrings) or from --corpus, hold out 10% of its documents, evaluate the LM on them without and "
         "with retrieval (table + plot), and answer sample questions with and without retrieval, showing the "
         "retrieved passages. Offline; a few minutes on 2 CPU cores with the defaults.",
         formatter_class=HelpFormatter,
