@@ -93,7 +93,7 @@ def main() -> None:
         step("retrofit", w / "retrofit" / "DONE", ["retro", "retrofit", str(ds), "--out", str(w / "retrofit"),
              *train, "--batch-size", str(args.retrofit_batch_size), "--steps", str(args.retrofit_steps), "--warmup", "10", "--lr", "5e-4", "--min-lr", "5e-5",
              "--eval-every", str(max(1, args.retrofit_steps // 3)), "--cca-layers", "12,24",
-             "--enc-d-model", "192"], seconds)
+             "--enc-d-model", "288"], seconds)
         (w / "retrofit" / "DONE").touch()
         runs.append(str(w / "retrofit"))
     out = w / "eval"
