@@ -178,7 +178,8 @@ def eval_table(summary: Mapping) -> str:
     lines = [head, "|" + "---|" * 8]
     groups = {"overall": summary["overall"], **summary["groups"]}
     for key, block in groups.items():
-        for cond, m in block.items():
+        for cond in ["none", *[c for c in block if c != "none"]]:
+            m = block[cond]
             if cond == "none":
                 delta, k = "-", "0"
             else:
@@ -197,8 +198,8 @@ def plot_eval(summary: Mapping, path: str | os.PathLike, *, title: str | None = 
 
     path = Path(path)
     groups = {"overall": summary["overall"], **summary["groups"]}
-    conds = list(summary["overall"])
-    fig, ax = new_figure(max(6.4, 1.1 * len(groups) * max(1, len(conds)) * 0.45 + 2))
+    conds = ["none", *[c for c in summary["overall"] if c != "none"]]  # the baseline first, in blue
+    fig, ax = new_figure(min(11.0, max(6.4, 0.25 * len(groups) * max(1, len(conds)) + 2)))
     cycle = [c["color"] for c in matplotlib.rcParams["axes.prop_cycle"]]
     width = 0.8 / len(conds)
     x = np.arange(len(groups))
