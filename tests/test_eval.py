@@ -193,6 +193,8 @@ def test_cli_eval_writes_summary_windows_table_plot(ds, tiny_lm_dir, tmp_path, h
     assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "| overall | massiveds |" in printed and "bits/byte" in printed
+    assert "Δ ppl vs massiveds" in printed and "| overall | ralm |" in printed
+    assert summary["reference"] == "massiveds" and "vs_reference" in summary["overall"]["ralm"]
 
 
 @pytest.mark.parametrize("extra, message", [

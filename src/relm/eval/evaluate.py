@@ -64,7 +64,8 @@ class EvalResult:
         groups = {"overall": np.ones(len(self.windows), bool)}
         for key in dict.fromkeys(f"{w.stream.name}/{w.stream.domain}" for w in self.windows):
             groups[key] = np.array([f"{w.stream.name}/{w.stream.domain}" == key for w in self.windows])
-        out: dict[str, Any] = {"settings": self.settings, "groups": {}}
+        reference = next(iter(self.runs), None) if len(self.runs) > 1 else None
+        out: dict[str, Any] = {"settings": self.settings, "groups": {}, "reference": reference}
         for key, sel in groups.items():
             block = {}
             for cond, values in nll.items():
@@ -74,6 +75,9 @@ class EvalResult:
                     m["mean_k"] = float(run.k[sel].mean())
                     m["vs_none"] = paired_bootstrap(nll["none"][sel], values[sel], tokens[sel],
                                                     n_boot=n_boot, seed=seed)
+                    if reference and cond != reference:  # each variant against the first one, same windows
+                        m["vs_reference"] = paired_bootstrap(nll[reference][sel], values[sel], tokens[sel],
+                                                             n_boot=n_boot, seed=seed)
                 block[cond] = m
             if key == "overall":
                 out["overall"] = block

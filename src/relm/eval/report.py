@@ -189,6 +189,16 @@ def eval_table(summary: Mapping) -> str:
                 delta, k = f"{vs['ppl_rel_diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]{mark}", f"{m['mean_k']:.2f}"
             lines.append(f"| {key} | {cond} | {m['windows']} | {m['tokens']:,} | {m['perplexity']:.3f} "
                          f"| {m['bits_per_byte']:.4f} | {k} | {delta} |")
+    ref = summary.get("reference")
+    if ref:
+        lines += ["", f"| eval set / domain | condition | Δ ppl vs {ref} [95% CI] |", "|---|---|---|"]
+        for key, block in groups.items():
+            for cond, m in block.items():
+                if "vs_reference" in m:
+                    vs = m["vs_reference"]
+                    lo, hi = vs["ppl_rel_diff_ci"]
+                    mark = " *" if vs["excludes_zero"] else ""
+                    lines.append(f"| {key} | {cond} | {vs['ppl_rel_diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]{mark} |")
     return "\n".join(lines) + "\n\n`*`: the 95% paired-bootstrap interval excludes zero."
 
 
