@@ -33,6 +33,7 @@ def test_length_batches():
     assert length_batches([5, 10, 3, 8], max_batch_tokens=20) == [[1, 3], [0, 2]]
     assert length_batches([50, 1], max_batch_tokens=20) == [[0], [1]]  # over budget: alone
     assert length_batches([2, 2, 2], max_batch_tokens=100, batch_size=2) == [[0, 1], [2]]
+    assert length_batches([5, 5, 3, 5], max_batch_tokens=100, pad=False) == [[0, 1, 3], [2]]
 
 
 def test_score_matches_full_logits(tiny_lm):
@@ -48,6 +49,17 @@ def test_batched_equals_one_at_a_time(tiny_lm):
     for r, lp in zip(reqs, batched, strict=True):
         assert lp.shape == (r.n_target,) and lp.dtype == np.float64 and (lp < 0).all()
         np.testing.assert_allclose(lp, tiny_lm.score([r])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batches_equal_unpadded(tiny_lm, tiny_lm_dir):
+    """The GPU batching policy (rows of different lengths padded together, with a mask) on CPU."""
+    padded = load_lm(LMConfig(model=str(tiny_lm_dir), max_batch_tokens=256, pad_batches="yes"))
+    assert padded.pad and not tiny_lm.pad  # CPU default: equal-length rows only
+    reqs = requests(tiny_lm)
+    for a, b in zip(padded.score(reqs), tiny_lm.score(reqs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="pad_batches"):
+        LMConfig(pad_batches="maybe")
 
 
 def test_request_and_context_checks(tiny_lm):

@@ -48,6 +48,7 @@ class LMConfig:
     dtype: str = "auto"
     max_batch_tokens: int = 8192
     threads: int | None = None
+    pad_batches: str = "auto"  # "auto": pad rows of different lengths together on GPU only (see hf.py)
 
     def __post_init__(self):
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -56,6 +57,8 @@ class LMConfig:
             raise ConfigError(f"max_batch_tokens must be ≥ 1, got {self.max_batch_tokens}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be ≥ 1, got {self.threads}")
+        if self.pad_batches not in ("auto", "yes", "no"):
+            raise ConfigError(f"pad_batches must be auto, yes or no, got {self.pad_batches!r}")
 
 
 class LanguageModel(Protocol):
@@ -81,15 +84,18 @@ class LanguageModel(Protocol):
         """n_params, n_layers, d_model, vocab_size: for compute accounting."""
 
 
-def length_batches(lengths: list[int], max_batch_tokens: int, batch_size: int | None = None) -> list[list[int]]:
+def length_batches(lengths: list[int], max_batch_tokens: int, batch_size: int | None = None,
+                   pad: bool = True) -> list[list[int]]:
     """Indices grouped into padded batches, longest first: a batch of b rows padded to its longest row L
-    holds b·L ≤ max_batch_tokens (a row longer than the budget goes alone), and b ≤ batch_size."""
+    holds b·L ≤ max_batch_tokens (a row longer than the budget goes alone), and b ≤ batch_size.
+    pad=False groups only rows of equal length (no padding, so no attention mask is needed)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     cur: list[int] = []
     for i in order:
         longest = lengths[cur[0]] if cur else lengths[i]
-        if cur and ((len(cur) + 1) * longest > max_batch_tokens or (batch_size and len(cur) >= batch_size)):
+        if cur and ((len(cur) + 1) * longest > max_batch_tokens or (batch_size and len(cur) >= batch_size)
+                    or (not pad and lengths[i] != longest)):
             batches.append(cur)
             cur = []
         cur.append(i)

@@ -114,6 +114,10 @@ class HFCausalLM:
                                   or 2048)
         self.eos_id = self.tokenizer.eos_token_id
         self._softcap = getattr(mc, "final_logit_softcapping", None)
+        # Padding rows of different lengths into one batch pays on a GPU (more parallel work per kernel) but
+        # not on a CPU, where a padded batch needs an explicit attention mask, which moves SDPA off its
+        # fused causal path: measured 0.83x the speed of one unpadded row at a time (eval_throughput).
+        self.pad = config.pad_batches == "yes" or (config.pad_batches == "auto" and self.device != "cpu")
         self._source = source
 
     # -- text ---------------------------------------------------------------------------------------
@@ -134,7 +138,8 @@ class HFCausalLM:
                 raise ConfigError(f"a scoring input of {len(r.ids):,} tokens exceeds {self.name}'s context of "
                                   f"{self.context_length:,}; shorten the window or the retrieved passages")
         out: list[np.ndarray | None] = [None] * len(requests)
-        batches = length_batches([len(r.ids) for r in requests], self.config.max_batch_tokens, batch_size)
+        batches = length_batches([len(r.ids) for r in requests], self.config.max_batch_tokens, batch_size,
+                                 pad=self.pad)
         total = sum(len(r.ids) for r in requests)
         with torch.inference_mode(), progress(total=total, unit="tok", desc="LM score",
                                               enabled=show_progress) as bar:
@@ -154,7 +159,9 @@ class HFCausalLM:
             ids[b, : len(r.ids)] = torch.from_numpy(r.ids)
             mask[b, : len(r.ids)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        # equal-length rows need no mask: the model then takes its fused causal attention path
+        padded = any(len(r.ids) != longest for r in rows)
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask if padded else None).last_hidden_state
         # the logit at position t predicts token t + 1: scored tokens [L - n, L) need positions [L - n - 1, L - 1)
         rows_idx = torch.cat([torch.full((r.n_target,), b) for b, r in enumerate(rows)]).to(self.device)
         pos = torch.cat([torch.arange(len(r.ids) - r.n_target - 1, len(r.ids) - 1) for r in rows]).to(self.device)
