@@ -174,7 +174,7 @@ def run_train(args) -> int:
         vocab = ds.manifest["tokens"]["tokenizer"]["vocab_size"]
         model = RetroModel(RetroConfig(vocab_size=vocab, d_model=args.d_model, n_layers=args.layers,
                                        n_heads=args.heads, n_kv_heads=args.kv_heads, d_ff=args.d_ff,
-                                       max_seq_len=args.seq_chunks * db.chunk_size, **retrieval))
+                                       max_seq_len=max(2048, args.seq_chunks * db.chunk_size), **retrieval))
     use_retrieval = not getattr(args, "no_retrieval", False)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_chunks=args.seq_chunks, lr=args.lr,
                       min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
