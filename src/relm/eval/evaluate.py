@@ -302,14 +302,12 @@ class Evaluator:
     def score(self, requests: list[ScoreRequest]) -> list[np.ndarray]:
         """lm.score over the distinct requests only (identical inputs across variants are scored once)."""
         keys = [(r.ids.tobytes(), r.n_target) for r in requests]
-        unique: dict[tuple, int] = {}
-        for key in keys:
-            unique.setdefault(key, len(unique))
-        firsts = {}
+        firsts: dict[tuple, ScoreRequest] = {}
         for r, key in zip(requests, keys, strict=True):
             firsts.setdefault(key, r)
-        scored = self.lm.score(list(firsts.values()), batch_size=self.batch_size, show_progress=self.show_progress)
-        return [scored[unique[key]] for key in keys]
+        scored = dict(zip(firsts, self.lm.score(list(firsts.values()), batch_size=self.batch_size,
+                                                show_progress=self.show_progress), strict=True))
+        return [scored[key] for key in keys]
 
 
 def merge_blocks(blocks: list[tuple[int, int, int]], chosen: list[list[int]]) -> list[tuple[int, int, int, list[int]]]:
