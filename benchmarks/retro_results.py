@@ -61,7 +61,9 @@ def main() -> None:
     p.add_argument("--cca-layers", default="3,6")
     p.add_argument("--window", type=int, default=512, help="eval window tokens (the paper: 2048)")
     p.add_argument("--stride", type=int, default=256, help="eval stride tokens (the paper: 1024)")
-    p.add_argument("--skip", default="", help="comma list of runs to skip: retro, baseline, relm, retrofit")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps of the models trained from scratch")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (1 lets two drivers train side by side)")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: retro, baseline, relm, retrofit, eval")
     p.add_argument("--no-readme", dest="readme", action="store_false")
     args = p.parse_args()
     w = args.work
@@ -77,7 +79,7 @@ def main() -> None:
          ["retro", "neighbours", str(ds), "--eval", *evals, "--out", str(w / "nb-eval")], seconds)
     train = ["--neighbours", str(w / "nb"), "--eval", *evals, "--eval-neighbours", str(w / "nb-eval"),
              "--batch-size", str(args.batch_size), "--seq-chunks", str(args.seq_chunks), "--eval-sequences", "32",
-             "--checkpoint-every", "100"]
+             "--checkpoint-every", "100", *(["--threads", str(args.threads)] if args.threads else [])]
     model = ["--d-model", str(args.d_model), "--layers", str(args.layers), "--heads", "4", "--d-ff",
              str(3 * args.d_model), "--cca-layers", args.cca_layers, "--enc-d-model", str(args.d_model // 2)]
     skip = set(args.skip.split(","))
@@ -86,7 +88,7 @@ def main() -> None:
         if name in skip:
             continue
         step(f"train {name}", w / name / "DONE", ["retro", "train", str(ds), "--out", str(w / name), *train, *model,
-             "--steps", str(args.steps), "--eval-every", str(max(1, args.steps // 5)), *extra], seconds)
+             "--steps", str(args.steps), "--warmup", str(args.warmup), "--eval-every", str(max(1, args.steps // 5)), *extra], seconds)
         (w / name / "DONE").touch()
         runs.append(str(w / name))
     if "retrofit" not in skip:
@@ -96,6 +98,8 @@ def main() -> None:
              "--enc-d-model", "288"], seconds)
         (w / "retrofit" / "DONE").touch()
         runs.append(str(w / "retrofit"))
+    if "eval" in skip:
+        return
     out = w / "eval"
     if out.exists():
         shutil.rmtree(out)

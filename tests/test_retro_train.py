@@ -10,7 +10,7 @@ from relm import ConfigError
 from relm.retro import RetroConfig, RetroModel
 from relm.retro.data import ChunkStream, sequence_starts, split_starts
 from relm.retro.neighbours import build_neighbours, datastore_stream, full_chunk_ids
-from relm.retro.train import TrainConfig, Trainer, batch_starts, evaluate_sequences, lr_at
+from relm.retro.train import TrainConfig, Trainer, batch_starts, evaluate_sequences, lr_at, step_line
 from test_retro_neighbours import VOCAB, BowEncoder, _build
 
 torch.set_num_threads(1)
@@ -75,11 +75,16 @@ def test_training_lowers_loss_and_resume_continues_the_same_run(stream, tmp_path
         other.resume()
 
 
-def test_baseline_and_relm_fusion_train(stream, tmp_path):
+def test_baseline_and_relm_fusion_train(stream, tmp_path, caplog):
     st, vocab = stream
     starts = sequence_starts(len(st.chunks), 4)
     cfg = TrainConfig(steps=6, batch_size=4, seq_chunks=4, warmup=1, retrieval=False, log_every=3)
-    Trainer(tiny(vocab), st, starts, cfg, tmp_path / "base").train()
+    with caplog.at_level("INFO", logger="relm"):
+        Trainer(tiny(vocab), st, starts, cfg, tmp_path / "base").train(show_progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(lines) == 2 and lines[0].startswith("step 3/6 loss ") and "tok/s ETA 0:00:" in lines[0]
+    assert step_line({"step": 70, "loss": 6.1, "lr": 9e-4, "tokens_per_s": 345.0}, 700, 700.0, 70).endswith(
+        "345 tok/s ETA 1:45:00")
     relm = tiny(vocab, fusion="relm", passage_dim=st.vectors.shape[1])
     cfg = TrainConfig(steps=6, batch_size=4, seq_chunks=4, warmup=1, log_every=3)
     Trainer(relm, st, starts, cfg, tmp_path / "relm").train()
