@@ -7,8 +7,8 @@
      ReLM vector-fusion variant; retrofit the default LM (SmolLM2-135M, frozen) with CCA layers;
   4. evaluate all of them with retrieval ON and OFF, and the leakage-filtered curve.
 
-Results: benchmarks/results/retro_results.json, a table in benchmarks/README.md, the plot in
-benchmarks/results/retro_leakage.png.
+Results: benchmarks/results/retro_results.json, a table in benchmarks/README.md, the plots in
+benchmarks/results/retro_leakage.png (trained from scratch) and retro_leakage_retrofit.png.
 
     python benchmarks/retro_results.py                          # ~1 h on 2 cores
     python benchmarks/retro_results.py --steps 200 --retrofit-steps 20 --work /tmp/retro   # a quick look
@@ -59,8 +59,11 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--cca-layers", default="3,6")
-    p.add_argument("--window", type=int, default=512, help="eval window tokens (the paper: 2048)")
-    p.add_argument("--stride", type=int, default=256, help="eval stride tokens (the paper: 1024)")
+    p.add_argument("--window", type=int, default=256,
+                   help="eval window tokens (the paper: 2048; here the training length, --seq-chunks x 64)")
+    p.add_argument("--stride", type=int, default=128, help="eval stride tokens (the paper: 1024)")
+    p.add_argument("--retrofit-windows", type=int, default=300,
+                   help="windows (spread evenly) to evaluate the 135M retrofit on, for the CPU budget")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps of the models trained from scratch")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (1 lets two drivers train side by side)")
     p.add_argument("--skip", default="", help="comma list of steps to skip: retro, baseline, relm, retrofit, eval")
@@ -97,28 +100,44 @@ def main() -> None:
              "--eval-every", str(max(1, args.retrofit_steps // 3)), "--cca-layers", "12,24",
              "--enc-d-model", "288"], seconds)
         (w / "retrofit" / "DONE").touch()
-        runs.append(str(w / "retrofit"))
     if "eval" in skip:
         return
-    out = w / "eval"
-    if out.exists():
-        shutil.rmtree(out)
-    step("eval", out / "retro_eval.json", ["retro", "eval", *runs, "--datastore", str(ds), "--eval", *evals,
-         "--neighbours", str(w / "nb-eval"), "--window", str(args.window), "--stride", str(args.stride),
-         "--out", str(out)], seconds)
-    res = json.loads((out / "retro_eval.json").read_text())
-    states = {Path(r).name: json.loads((Path(r) / "state.json").read_text()) for r in runs}
+    evals_argv = ["--datastore", str(ds), "--eval", *evals, "--neighbours", str(w / "nb-eval"), "--window",
+                  str(args.window), "--stride", str(args.stride), *(["--threads", str(args.threads)] if args.threads else [])]
+    res = {}
+    for name, members, extra in (("eval", runs, []),
+                                 ("eval-retrofit", [str(w / "retrofit")] if "retrofit" not in skip else [],
+                                  ["--max-windows", str(args.retrofit_windows)])):
+        if not members:
+            continue
+        out = w / name
+        if out.exists():
+            shutil.rmtree(out)
+        step(name, out / "retro_eval.json", ["retro", "eval", *members, *evals_argv, "--out", str(out), *extra],
+             seconds)
+        res[name] = json.loads((out / "retro_eval.json").read_text())
+    states = {Path(r).name: json.loads((Path(r) / "state.json").read_text())
+              for r in [*runs, *([str(w / "retrofit")] if "retrofit" not in skip else [])]}
     result = {"benchmark": "retro_results", "date": time.strftime("%Y-%m-%d"), "args": {k: str(v) for k, v in
-              vars(args).items()}, "seconds": seconds, "eval": res,
+              vars(args).items()}, "seconds": seconds, **{k.replace("-", "_"): v for k, v in res.items()},
               "runs": {n: {"step": s["step"], "train": s["train"], "model": s["model"],
                            "history": [h for h in s["history"] if "held_out" in h]} for n, s in states.items()}}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "retro_results.json").write_text(json.dumps(result, indent=2) + "\n")
-    shutil.copy(out / "leakage.png", HERE / "results" / "retro_leakage.png")
-    text = (out / "table.md").read_text().strip() + (
-        f"\n\nHeld-out {', '.join(domains)} ({res['chunks']:,} chunks of 64 tokens), windows of {args.window} tokens "
-        f"scoring {args.stride}; {args.steps} steps of {args.batch_size} x {args.seq_chunks * 64} tokens for the "
-        f"models trained from scratch, {args.retrofit_steps} for the retrofit.\n\n"
+    parts = []
+    for name, r in res.items():
+        png = "retro_leakage.png" if name == "eval" else "retro_leakage_retrofit.png"
+        shutil.copy(w / name / "leakage.png", HERE / "results" / png)
+        what = ("models trained from scratch, every held-out chunk" if name == "eval" else
+                f"SmolLM2-135M retrofit ({args.retrofit_steps} steps; OFF is the frozen base model exactly), "
+                f"{r['windows']} of {r['windows_total']} windows spread evenly")
+        parts.append(f"{what}:\n\n" + (w / name / "table.md").read_text().strip())
+    first = next(iter(res.values()))
+    text = "\n\n".join(parts) + (
+        f"\n\nHeld-out {', '.join(domains)} ({first['chunks']:,} chunks of 64 tokens), windows of {args.window} "
+        f"tokens scoring {args.stride}; {args.steps} steps of {args.batch_size} x {args.seq_chunks * 64} tokens for "
+        f"the models trained from scratch, {args.retrofit_steps} of {args.retrofit_batch_size} x "
+        f"{args.seq_chunks * 64} for the retrofit.\n\n"
         f"`python benchmarks/retro_results.py {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}.")
     print(text)
     if args.readme:

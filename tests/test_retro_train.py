@@ -94,7 +94,14 @@ def test_baseline_and_relm_fusion_train(stream, tmp_path, caplog):
 
 
 def test_retro_evaluation_windows_and_leakage_curve(stream, tmp_path):
-    from relm.retro.evaluate import evaluate_retro, leakage_table, plot_leakage, scored_from, window_starts
+    from relm.retro.evaluate import (
+        evaluate_retro,
+        leakage_table,
+        plot_leakage,
+        scored_from,
+        spread,
+        window_starts,
+    )
 
     assert window_starts(10, 4, 2).tolist() == [0, 2, 4, 6]
     assert window_starts(11, 4, 2).tolist() == [0, 2, 4, 6, 7]
@@ -113,5 +120,13 @@ def test_retro_evaluation_windows_and_leakage_curve(stream, tmp_path):
     curve = on["leakage_curve"]
     assert curve[-1]["chunks"] == n and curve[-1]["bpb"] == pytest.approx(on["bits_per_byte"])
     assert [c["chunks"] for c in curve] == sorted(c["chunks"] for c in curve)
+    some = evaluate_retro({"on": (model, True)}, st, np.full(len(st.chunks), 20), window_chunks=4,
+                          stride_chunks=2, max_windows=3)
+    assert some["windows"] == 3 and some["windows_total"] == res["windows"] and 0 < some["chunks"] < n
+    all_starts = window_starts(n, 4, 2)
+    keep = spread(len(all_starts), 3)
+    assert keep[0] == 0 and keep[-1] == len(all_starts) - 1 and len(keep) == 3
+    assert some["chunks"] == int((4 - scored_from(all_starts, 4)[keep]).sum())  # each kept window's own chunks
+    assert spread(5, None).tolist() == spread(5, 9).tolist() == [0, 1, 2, 3, 4] and spread(5, 2).tolist() == [0, 4]
     assert "| on |" in leakage_table(res)
     assert plot_leakage(res, tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"

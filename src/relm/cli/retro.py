@@ -82,6 +82,8 @@ def register(sub) -> None:
     e.add_argument("--neighbours", required=True, metavar="DIR", help="the eval documents' neighbours")
     e.add_argument("--window", type=int, default=2048, help="tokens per window")
     e.add_argument("--stride", type=int, default=1024, help="tokens scored per window")
+    e.add_argument("--max-windows", type=int, metavar="N",
+                   help="score only N windows spread evenly over the eval stream (default: all)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--threads", type=int)
     e.add_argument("--out", "-o", required=True, metavar="DIR")
@@ -238,7 +240,7 @@ def run_eval(args) -> int:
     if args.window % m or args.stride % m:
         raise ConfigError(f"--window and --stride must be multiples of the chunk size {m}")
     res = evaluate_retro(models, stream, nbytes, window_chunks=args.window // m, stride_chunks=args.stride // m,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, max_windows=args.max_windows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "retro_eval.json", res)

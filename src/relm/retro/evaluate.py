@@ -46,15 +46,29 @@ def chunk_byte_counts(chunks: np.ndarray, tokenizer) -> np.ndarray:
     return np.array([len(tokenizer.decode(row).encode("utf-8")) for row in chunks], dtype=np.int64)
 
 
+def spread(n: int, k: int | None) -> np.ndarray:
+    """k indices of range(n) spread evenly from the first to the last (all of them when k is None or ≥ n)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    if k < 1:
+        raise ConfigError(f"--max-windows must be ≥ 1, got {k}")
+    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+
+
 def evaluate_retro(models: dict[str, tuple[Any, bool]], stream: ChunkStream, chunk_bytes: np.ndarray, *,
                    window_chunks: int, stride_chunks: int, batch_size: int = 4, device: str = "cpu",
-                   alphas=ALPHAS) -> dict[str, Any]:
+                   alphas=ALPHAS, max_windows: int | None = None) -> dict[str, Any]:
     """models: {label: (model, retrieval on?)}, e.g. {"retro on": (m, True), "retro off": (m, False),
     "baseline": (b, False)}. Scores every chunk once (windows overlap; only the last stride_chunks of a
-    window are scored, all of the first window). Returns per label the summary and the α curve."""
-    starts = window_starts(len(stream.chunks), window_chunks, stride_chunks)
-    score_from = scored_from(starts, window_chunks)
-    out: dict[str, Any] = {"windows": len(starts), "window_chunks": window_chunks, "stride_chunks": stride_chunks}
+    window are scored, all of the first window). Returns per label the summary and the α curve.
+
+    max_windows: score only that many windows spread evenly over the stream (each still scores just its own
+    chunks, with the same context as in the full evaluation), for a budget; every model sees the same ones."""
+    all_starts = window_starts(len(stream.chunks), window_chunks, stride_chunks)
+    keep = spread(len(all_starts), max_windows)
+    starts, score_from = all_starts[keep], scored_from(all_starts, window_chunks)[keep]
+    out: dict[str, Any] = {"windows": len(starts), "windows_total": len(all_starts), "window_chunks": window_chunks,
+                           "stride_chunks": stride_chunks}
     per_label = {}
     rows = None
     for label, (model, retrieval) in models.items():
