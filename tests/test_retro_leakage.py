@@ -41,3 +41,21 @@ def test_overlap_ratio_and_filtered_bpb():
     assert rows[0]["bpb"] == pytest.approx(1.0) and rows[1]["bpb"] == pytest.approx(12 / 8)
     assert rows[2]["bpb"] == pytest.approx(14 / 12)
     assert math.isnan(filtered_bpb(np.array([1.0]), np.array([1]), np.array([0.5]), alphas=(0.25,))[0]["bpb"])
+
+
+def test_filtered_comparison_relative_bpb_and_interval():
+    from relm.retro.leakage import filtered_comparison
+
+    rng = np.random.default_rng(0)
+    a = rng.uniform(50, 150, size=200)
+    nbytes = np.full(200, 100)
+    ratios = np.r_[np.zeros(100), np.full(100, 0.5)]
+    same = filtered_comparison(a, a.copy(), nbytes, ratios, (0.0, 1.0))
+    assert [c["rel_diff"] for c in same] == [0.0, 0.0] and same[1]["rel_diff_ci"] == (0.0, 0.0)
+    assert not same[1]["excludes_zero"]
+    half = filtered_comparison(a, np.r_[a[:100] * 0.5, a[100:]], nbytes, ratios, (0.0, 0.25, 1.0))
+    assert half[0]["rel_diff"] == pytest.approx(-0.5) and half[0]["excludes_zero"] and half[0]["chunks"] == 100
+    assert -0.5 < half[2]["rel_diff"] < 0 and half[2]["rel_diff_ci"][0] < half[2]["rel_diff"] < half[2]["rel_diff_ci"][1]
+    empty = filtered_comparison(a, a, nbytes, ratios + 0.1, (0.0,))
+    assert empty[0]["chunks"] == 0 and math.isnan(empty[0]["rel_diff"])
+

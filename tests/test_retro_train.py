@@ -95,6 +95,7 @@ def test_baseline_and_relm_fusion_train(stream, tmp_path, caplog):
 
 def test_retro_evaluation_windows_and_leakage_curve(stream, tmp_path):
     from relm.retro.evaluate import (
+        comparison_pairs,
         evaluate_retro,
         leakage_table,
         plot_leakage,
@@ -112,7 +113,7 @@ def test_retro_evaluation_windows_and_leakage_curve(stream, tmp_path):
         if p.dim() >= 2:
             torch.nn.init.normal_(p, std=0.2)
     res = evaluate_retro({"on": (model, True), "off": (model, False)}, st, np.full(len(st.chunks), 20),
-                         window_chunks=4, stride_chunks=2)
+                         window_chunks=4, stride_chunks=2, comparisons=[("off", "on"), ("off", "missing")])
     n = len(st.chunks)
     assert res["chunks"] == n  # every chunk scored exactly once
     on, off = res["results"]["on"], res["results"]["off"]
@@ -128,5 +129,10 @@ def test_retro_evaluation_windows_and_leakage_curve(stream, tmp_path):
     assert keep[0] == 0 and keep[-1] == len(all_starts) - 1 and len(keep) == 3
     assert some["chunks"] == int((4 - scored_from(all_starts, 4)[keep]).sum())  # each kept window's own chunks
     assert spread(5, None).tolist() == spread(5, 9).tolist() == [0, 1, 2, 3, 4] and spread(5, 2).tolist() == [0, 4]
-    assert "| on |" in leakage_table(res)
+    (comp,) = res["comparisons"]  # pairs naming an unknown label are dropped
+    assert comp["curve"][-1]["rel_diff"] == pytest.approx(on["bits_per_byte"] / off["bits_per_byte"] - 1)
+    table = leakage_table(res)
+    row = table.splitlines()[-1]
+    assert "| on |" in table and row.startswith("| on vs off | +") and row.count("%") == 3 * 2 and "| – |" in row  # r = 1 here
+    assert comparison_pairs(["r ON", "r OFF", "b OFF"], ["b OFF"]) == [("r OFF", "r ON"), ("b OFF", "r ON")]
     assert plot_leakage(res, tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"

@@ -74,7 +74,9 @@ def register(sub) -> None:
                       formatter_class=HelpFormatter,
                       description="Sliding windows over held-out chunks (each chunk scored once): bits per byte "
                       "and perplexity of each run with retrieval ON and OFF, and bpb over the chunks whose "
-                      "overlap with their neighbours is at most α (RETRO §2.6). Writes retro_eval.json, table.md "
+                      "overlap with their neighbours is at most α (RETRO §2.6); each ON run against its own OFF and "
+                      "against the runs trained without retrieval, per α, with paired-bootstrap 95%% intervals over "
+                      "chunks. Writes retro_eval.json, table.md "
                       "and leakage.png to --out.")
     e.add_argument("runs", nargs="+", metavar="RUN")
     e.add_argument("--datastore", required=True, metavar="DS")
@@ -220,27 +222,30 @@ def run_eval(args) -> int:
     from ..artifacts import write_json_atomic
     from ..errors import ConfigError
     from ..eval.windows import read_eval_sets
-    from ..retro.evaluate import evaluate_retro, leakage_table, plot_leakage
+    from ..retro.evaluate import comparison_pairs, evaluate_retro, leakage_table, plot_leakage
     from ..retro.runs import eval_stream, load_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ds = _open_token_datastore(args.datastore)
     docs = [d for _, s in read_eval_sets(args.eval) for d in s]
-    models, fusion = {}, set()
+    models, fusion, baselines = {}, set(), []
     for run in args.runs:
         model, state = load_run(run)
         name = Path(run).name
         if state["train"]["retrieval"]:
             models[f"{name} ON"] = (model, True)
             fusion.add(model.config.fusion)
+        else:
+            baselines.append(f"{name} OFF")
         models[f"{name} OFF"] = (model, False)
     stream, nbytes = eval_stream(ds, args.neighbours, docs, vectors="relm" in fusion)
     m = stream.chunk_size
     if args.window % m or args.stride % m:
         raise ConfigError(f"--window and --stride must be multiples of the chunk size {m}")
     res = evaluate_retro(models, stream, nbytes, window_chunks=args.window // m, stride_chunks=args.stride // m,
-                         batch_size=args.batch_size, max_windows=args.max_windows)
+                         batch_size=args.batch_size, max_windows=args.max_windows,
+                         comparisons=comparison_pairs(list(models), baselines))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "retro_eval.json", res)

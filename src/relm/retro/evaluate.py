@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .data import ChunkStream
-from .leakage import ALPHAS, filtered_bpb, overlap_ratios
+from .leakage import ALPHAS, filtered_bpb, filtered_comparison, overlap_ratios
 from .train import evaluate_sequences
 
 
@@ -57,13 +57,16 @@ def spread(n: int, k: int | None) -> np.ndarray:
 
 def evaluate_retro(models: dict[str, tuple[Any, bool]], stream: ChunkStream, chunk_bytes: np.ndarray, *,
                    window_chunks: int, stride_chunks: int, batch_size: int = 4, device: str = "cpu",
-                   alphas=ALPHAS, max_windows: int | None = None) -> dict[str, Any]:
+                   alphas=ALPHAS, max_windows: int | None = None,
+                   comparisons: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """models: {label: (model, retrieval on?)}, e.g. {"retro on": (m, True), "retro off": (m, False),
     "baseline": (b, False)}. Scores every chunk once (windows overlap; only the last stride_chunks of a
     window are scored, all of the first window). Returns per label the summary and the α curve.
 
     max_windows: score only that many windows spread evenly over the stream (each still scores just its own
-    chunks, with the same context as in the full evaluation), for a budget; every model sees the same ones."""
+    chunks, with the same context as in the full evaluation), for a budget; every model sees the same ones.
+    comparisons: (a, b) label pairs; for each, b's bpb relative to a's per α with a paired-bootstrap interval
+    over chunks (see comparison_pairs)."""
     all_starts = window_starts(len(stream.chunks), window_chunks, stride_chunks)
     keep = spread(len(all_starts), max_windows)
     starts, score_from = all_starts[keep], scored_from(all_starts, window_chunks)[keep]
@@ -82,28 +85,52 @@ def evaluate_retro(models: dict[str, tuple[Any, bool]], stream: ChunkStream, chu
     nbytes = np.asarray(chunk_bytes)[rows]
     out["chunks"] = len(rows)
     out["overlap_histogram"] = {str(a): int((ratios <= a + 1e-12).sum()) for a in alphas}
-    out["results"] = {}
+    out["results"], bits = {}, {}
     for label, res in per_label.items():
-        bits = np.array([res["chunk_nll"][r] for r in rows]) / math.log(2)
+        bits[label] = np.array([res["chunk_nll"][r] for r in rows]) / math.log(2)
         out["results"][label] = {
             "loss": res["loss"], "perplexity": res["perplexity"], "tokens": res["tokens"],
-            "bits_per_byte": float(bits.sum() / nbytes.sum()),
-            "leakage_curve": filtered_bpb(bits, nbytes, ratios, alphas),
+            "bits_per_byte": float(bits[label].sum() / nbytes.sum()),
+            "leakage_curve": filtered_bpb(bits[label], nbytes, ratios, alphas),
         }
+    out["comparisons"] = [{"a": a, "b": b, "curve": filtered_comparison(bits[a], bits[b], nbytes, ratios, alphas)}
+                          for a, b in comparisons or () if a in bits and b in bits]
     return out
 
 
+def comparison_pairs(labels: list[str], baselines: list[str]) -> list[tuple[str, str]]:
+    """Each '<run> ON' against its own '<run> OFF' and against every baseline label (runs trained without
+    retrieval), in that order."""
+    pairs = []
+    for on in (x for x in labels if x.endswith(" ON")):
+        pairs += [(on[: -len(" ON")] + " OFF", on), *((b, on) for b in baselines)]
+    return [(a, b) for a, b in pairs if a in labels]
+
+
+def _cell(value: float, fmt: str) -> str:
+    return "–" if math.isnan(value) else format(value, fmt)
+
+
 def leakage_table(result: dict[str, Any]) -> str:
+    """Markdown: bpb per model and α (– where no chunk is kept), the chunks kept, then each comparison's
+    relative bpb difference with its 95% interval."""
     labels = list(result["results"])
     alphas = [c["alpha"] for c in result["results"][labels[0]]["leakage_curve"]]
     head = "| model | bpb (all) | " + " | ".join(f"bpb r≤{a:g}" for a in alphas) + " |"
     lines = [head, "|" + "---|" * (len(alphas) + 2)]
     for label in labels:
         r = result["results"][label]
-        cells = " | ".join(f"{c['bpb']:.4f}" for c in r["leakage_curve"])
+        cells = " | ".join(_cell(c["bpb"], ".4f") for c in r["leakage_curve"])
         lines.append(f"| {label} | {r['bits_per_byte']:.4f} | {cells} |")
     counts = " | ".join(str(result["overlap_histogram"][str(a)]) for a in alphas)
     lines.append(f"| chunks kept | {result['chunks']} | {counts} |")
+    for comp in result.get("comparisons", []):
+        cells = []
+        for c in comp["curve"]:
+            lo, hi = c["rel_diff_ci"]
+            cells.append("–" if math.isnan(c["rel_diff"]) else
+                         f"{c['rel_diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]{'' if c['excludes_zero'] else ' ns'}")
+        lines.append(f"| {comp['b']} vs {comp['a']} | {cells[-1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -61,3 +61,27 @@ def filtered_bpb(nll_bits: np.ndarray, nbytes: np.ndarray, ratios: np.ndarray,
         out.append({"alpha": a, "chunks": int(sel.sum()), "bytes": b,
                     "bpb": float(nll_bits[sel].sum() / b) if b else math.nan})
     return out
+
+
+def filtered_comparison(bits_a: np.ndarray, bits_b: np.ndarray, nbytes: np.ndarray, ratios: np.ndarray,
+                        alphas: Sequence[float] = ALPHAS, *, n_boot: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> list[dict]:
+    """Model b against model a on the same chunks, per α: bpb_b / bpb_a − 1 over the chunks with r ≤ α
+    (negative: b is better) and its paired-bootstrap percentile interval (chunks resampled together)."""
+    from ..eval.metrics import _check_boot, _percentiles, _resampled_losses
+
+    _check_boot(n_boot, level)
+    out = []
+    for a in alphas:
+        sel = ratios <= a + 1e-12
+        row: dict = {"alpha": a, "chunks": int(sel.sum()), "rel_diff": math.nan, "rel_diff_ci": (math.nan, math.nan),
+                     "excludes_zero": False}
+        if sel.any():
+            xa, xb, nb = bits_a[sel], bits_b[sel], nbytes[sel]
+            boot_a, boot_b = _resampled_losses([xa, xb], nb, n_boot, seed)
+            lo, hi = _percentiles(boot_b / boot_a - 1.0, level)
+            row.update(rel_diff=float(xb.sum() / xa.sum() - 1.0), rel_diff_ci=(lo, hi),
+                       excludes_zero=bool(lo > 0.0 or hi < 0.0))
+        out.append(row)
+    return out
+
