@@ -75,7 +75,7 @@ def register(sub) -> None:
                       description="Sliding windows over held-out chunks (each chunk scored once): bits per byte "
                       "and perplexity of each run with retrieval ON and OFF, and bpb over the chunks whose "
                       "overlap with their neighbours is at most α (RETRO §2.6); each ON run against its own OFF and "
-                      "against the runs trained without retrieval, per α, with paired-bootstrap 95%% intervals over "
+                      "against the runs trained without retrieval, per α, with paired-bootstrap 95% intervals over "
                       "chunks. Writes retro_eval.json, table.md "
                       "and leakage.png to --out.")
     e.add_argument("runs", nargs="+", metavar="RUN")
