@@ -50,6 +50,8 @@ def register(sub) -> None:
         r.add_argument("--cca-layers", help="comma list of 1-based layers (default: every 3rd from 6, else the last)")
         r.add_argument("--enc-layers", type=int, default=2)
         r.add_argument("--enc-d-model", type=int, help="retrieval encoder width (default: the decoder's)")
+        r.add_argument("--no-cca-positions", dest="cca_positions", action="store_false",
+                       help="CCA without the relative rotary positions (an ablation; RETRO §B.1.2 uses them)")
         r.add_argument("--fusion", choices=["retro", "relm"], default="retro",
                        help="retro: encoded neighbour tokens; relm: the neighbours' passage vectors")
         o = t.add_argument_group("optimisation")
@@ -164,6 +166,7 @@ def run_train(args) -> int:
     db = NeighbourDB.open(args.neighbours, ds)
     retrieval = {"chunk_size": db.chunk_size, "n_neighbours": db.k, "neighbour_len": db.neighbour_len,
                  "enc_layers": args.enc_layers, "enc_d_model": args.enc_d_model, "fusion": args.fusion,
+                 "cca_positions": args.cca_positions,
                  "passage_dim": ds.dim}
     if args.cca_layers:
         retrieval["cca_layers"] = [int(x) for x in args.cca_layers.split(",")]

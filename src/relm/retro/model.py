@@ -85,6 +85,10 @@ class RetroConfig:
     fusion: str = "retro"  # "retro": encoded neighbour tokens; "relm": one passage vector per neighbour
     passage_dim: int = 384  # P, the passage embedding size read by fusion "relm"
     dropout: float = 0.0
+    # rotary positions in CCA (the paper's relative encoding, §B.1.2): attending position j of chunk u+1's
+    # window sits at m - 1 + j of the frame [C_u, C_{u+1}], neighbour token p at p of [N, F], so the score
+    # sees p - (m - 1 + j) and "the token after mine in the continuation" is one fixed offset ("retro" only)
+    cca_positions: bool = True
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -136,7 +140,7 @@ class RetroConfig:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown RetroConfig fields {unknown}; known: {[f.name for f in fields(cls)]}")
-        return cls(**d)
+        return cls(**{"cca_positions": False, **d})  # configs saved before the field existed had no CCA positions
 
 
 def _check_heads(dim_name: str, dim: int, heads_name: str, heads: int) -> None:
@@ -242,7 +246,8 @@ class MLP(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from queries (width dq) to a memory (width dm); no positions.
+    """Multi-head attention from queries (width dq) to a memory (width dm); positions only if given
+    (rotary: q_rope (cos, sin) (Tq, h), k_rope (N, h)).
 
     key_mask (B, N) True = attend. A row with no key to attend gets exactly zero output (no NaN).
     """
@@ -255,11 +260,14 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(dm, dq, bias=False)
         self.o_proj = nn.Linear(dq, dq, bias=False)
 
-    def forward(self, x: Tensor, mem: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mem: Tensor, key_mask: Tensor | None = None,
+                q_rope: tuple[Tensor, Tensor] | None = None, k_rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, Tq, dq = x.shape
         N = mem.shape[1]
         q = self.q_proj(x).view(B, Tq, self.n_heads, self.h).transpose(1, 2)  # (B, H, Tq, h)
         k = self.k_proj(mem).view(B, N, self.n_heads, self.h).transpose(1, 2)  # (B, H, N, h)
+        if q_rope is not None and k_rope is not None:
+            q, k = apply_rope(q, *q_rope), apply_rope(k, *k_rope)
         v = self.v_proj(mem).view(B, N, self.n_heads, self.h).transpose(1, 2)  # (B, H, N, h)
         mask = has_key = None
         if key_mask is not None:
@@ -275,10 +283,22 @@ class CrossAttention(nn.Module):
 class ChunkedCrossAttention(nn.Module):
     """CCA (paper Sec. 2.4) with the causal shift: position t attends the memory of chunk (t + 1) // m - 1."""
 
-    def __init__(self, d_model: int, d_mem: int, n_heads: int, chunk_size: int, dropout: float):
+    def __init__(self, d_model: int, d_mem: int, n_heads: int, chunk_size: int, dropout: float,
+                 neighbour_len: int | None = None, rope_theta: float = 10000.0):
+        """neighbour_len r: rotary relative positions over the memory's k blocks of r tokens (None: none)."""
         super().__init__()
-        self.m = chunk_size
+        self.m, self.r, self.theta = chunk_size, neighbour_len, rope_theta
         self.attn = CrossAttention(d_model, d_mem, n_heads, dropout)
+
+    def rope(self, n_mem: int, dtype: torch.dtype, device: torch.device):
+        """(q, k) rotary tables: queries at m-1 .. 2m-2, keys at 0..r-1 within each of the k neighbours."""
+        if self.r is None:
+            return None, None
+        h, m = self.attn.h, self.m
+        qc, qs = rope_cos_sin(m - 1, m, h, self.theta, dtype=dtype, device=device)
+        kc, ks = rope_cos_sin(0, self.r, h, self.theta, dtype=dtype, device=device)
+        reps = n_mem // self.r
+        return (qc, qs), (kc.repeat(reps, 1), ks.repeat(reps, 1))
 
     def forward(self, x: Tensor, memory: Tensor | None, memory_mask: Tensor | None, start: int) -> Tensor:
         """x (B, T, D) at positions start..start+T-1; memory (B, Lm, N, C), mask (B, Lm, N) of chunks < Lm."""
@@ -295,7 +315,8 @@ class ChunkedCrossAttention(nn.Module):
         u = u.clamp(0, Lm - 1)
         mem = memory[:, u].reshape(B * n_blk, N, C)  # (B * n_blk, N, C)
         keep = (memory_mask[:, u] & ready[None, :, None]).reshape(B * n_blk, N)  # (B * n_blk, N)
-        y = self.attn(x.view(B * n_blk, m, D), mem, keep)  # (B * n_blk, m, D)
+        q_rope, k_rope = self.rope(N, x.dtype, x.device)
+        y = self.attn(x.view(B * n_blk, m, D), mem, keep, q_rope, k_rope)  # (B * n_blk, m, D)
         return y.view(B, n_blk * m, D)[:, pre:pre + T]  # (B, T, D)
 
 
@@ -368,8 +389,9 @@ class RetroBlock(nn.Module):
         self.self_attn = SelfAttention(D, cfg.n_heads, cfg.n_kv_heads, causal=True, dropout=cfg.dropout)
         self.cca_norm = RMSNorm(D, eps) if with_cca else None
         d_mem = cfg.enc_d_model if cfg.fusion == "retro" else D
-        self.cca = (ChunkedCrossAttention(D, d_mem, cfg.n_heads, cfg.chunk_size, cfg.dropout) if with_cca
-                    else None)
+        r = cfg.neighbour_len if cfg.fusion == "retro" and cfg.cca_positions else None
+        self.cca = (ChunkedCrossAttention(D, d_mem, cfg.n_heads, cfg.chunk_size, cfg.dropout, r, cfg.rope_theta)
+                    if with_cca else None)
         self.post_attention_layernorm = RMSNorm(D, eps)
         self.mlp = MLP(D, cfg.d_ff)
         self.drop = nn.Dropout(cfg.dropout)

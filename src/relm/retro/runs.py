@@ -19,7 +19,7 @@ from .model import RetroConfig, RetroModel
 from .neighbours import NeighbourDB, datastore_stream, resolve_tokenizer, text_stream
 
 RETRIEVAL_FIELDS = ("chunk_size", "n_neighbours", "neighbour_len", "cca_layers", "enc_layers", "enc_d_model",
-                    "enc_heads", "enc_d_ff", "fusion", "passage_dim", "dropout")
+                    "enc_heads", "enc_d_ff", "fusion", "passage_dim", "dropout", "cca_positions")
 
 
 def retrofit_model(base: str, **retrieval) -> tuple[RetroModel, Any]:
@@ -55,7 +55,7 @@ def load_run(run: str | Path) -> tuple[RetroModel, dict[str, Any]]:
     state = json.loads((run / "state.json").read_text())
     config = RetroConfig.from_dict(state["model"])
     if state.get("base"):
-        model, _ = retrofit_model(state["base"], **{k: state["model"][k] for k in RETRIEVAL_FIELDS})
+        model, _ = retrofit_model(state["base"], **{k: config.to_dict()[k] for k in RETRIEVAL_FIELDS})
         if model.config.to_dict() != config.to_dict():
             raise ConfigError(f"{run}: the base LM {state['base']!r} no longer matches the run's model config")
     else:
