@@ -3,8 +3,9 @@
   1. token-mode datastore (64-token SmolLM2 chunks) of --domains of ../shared/data/corpus;
   2. neighbours (k = 2, same-document exclusion) for its own chunks and for the held-out documents of
      the same domains in ../shared/data/eval;
-  3. train a small RETRO, the same decoder without retrieval (baseline) on the same batches, and the
-     ReLM vector-fusion variant; retrofit the default LM (SmolLM2-135M, frozen) with CCA layers;
+  3. train a small RETRO, the same decoder without retrieval (baseline) on the same batches, the
+     ReLM vector-fusion variant and RETRO without CCA positions (an ablation); retrofit the default LM
+     (SmolLM2-135M, frozen) with CCA layers;
   4. evaluate all of them with retrieval ON and OFF, and the leakage-filtered curve.
 
 Results: benchmarks/results/retro_results.json, a table in benchmarks/README.md, the plots in
@@ -62,11 +63,12 @@ def main() -> None:
     p.add_argument("--window", type=int, default=256,
                    help="eval window tokens (the paper: 2048; here the training length, --seq-chunks x 64)")
     p.add_argument("--stride", type=int, default=128, help="eval stride tokens (the paper: 1024)")
-    p.add_argument("--retrofit-windows", type=int, default=300,
+    p.add_argument("--eval-windows", type=int, help="windows (spread evenly) to evaluate on (default: all)")
+    p.add_argument("--retrofit-windows", type=int, default=200,
                    help="windows (spread evenly) to evaluate the 135M retrofit on, for the CPU budget")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps of the models trained from scratch")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (1 lets two drivers train side by side)")
-    p.add_argument("--skip", default="", help="comma list of steps to skip: retro, baseline, relm, retrofit, eval")
+    p.add_argument("--skip", default="", help="comma list of steps to skip: retro, baseline, relm, retro-nopos, retrofit, eval")
     p.add_argument("--no-readme", dest="readme", action="store_false")
     args = p.parse_args()
     w = args.work
@@ -87,7 +89,8 @@ def main() -> None:
              str(3 * args.d_model), "--cca-layers", args.cca_layers, "--enc-d-model", str(args.d_model // 2)]
     skip = set(args.skip.split(","))
     runs = []
-    for name, extra in (("retro", []), ("baseline", ["--no-retrieval"]), ("relm", ["--fusion", "relm"])):
+    for name, extra in (("retro", []), ("baseline", ["--no-retrieval"]), ("relm", ["--fusion", "relm"]),
+                        ("retro-nopos", ["--no-cca-positions"])):
         if name in skip:
             continue
         step(f"train {name}", w / name / "DONE", ["retro", "train", str(ds), "--out", str(w / name), *train, *model,
@@ -105,7 +108,7 @@ def main() -> None:
     evals_argv = ["--datastore", str(ds), "--eval", *evals, "--neighbours", str(w / "nb-eval"), "--window",
                   str(args.window), "--stride", str(args.stride), *(["--threads", str(args.threads)] if args.threads else [])]
     res = {}
-    for name, members, extra in (("eval", runs, []),
+    for name, members, extra in (("eval", runs, ["--max-windows", str(args.eval_windows)] if args.eval_windows else []),
                                  ("eval-retrofit", [str(w / "retrofit")] if "retrofit" not in skip else [],
                                   ["--max-windows", str(args.retrofit_windows)])):
         if not members:
@@ -128,7 +131,7 @@ def main() -> None:
     for name, r in res.items():
         png = "retro_leakage.png" if name == "eval" else "retro_leakage_retrofit.png"
         shutil.copy(w / name / "leakage.png", HERE / "results" / png)
-        what = ("models trained from scratch, every held-out chunk" if name == "eval" else
+        what = (f"models trained from scratch, {r['windows']} of {r['windows_total']} windows" if name == "eval" else
                 f"SmolLM2-135M retrofit ({args.retrofit_steps} steps; OFF is the frozen base model exactly), "
                 f"{r['windows']} of {r['windows_total']} windows spread evenly")
         parts.append(f"{what}:\n\n" + (w / name / "table.md").read_text().strip())
