@@ -9,7 +9,8 @@
   4. evaluate all of them with retrieval ON and OFF, and the leakage-filtered curve.
 
 Results: benchmarks/results/retro_results.json, a table in benchmarks/README.md, the plots in
-benchmarks/results/retro_leakage.png (trained from scratch) and retro_leakage_retrofit.png.
+benchmarks/results/retro_leakage.png (trained from scratch), retro_leakage_retrofit.png and
+retro_training.png (held-out bpb during training).
 
     python benchmarks/retro_results.py                          # ~1 h on 2 cores
     python benchmarks/retro_results.py --steps 200 --retrofit-steps 20 --work /tmp/retro   # a quick look
@@ -46,6 +47,22 @@ def step(name: str, done: Path, argv: list[str], seconds: dict) -> None:
     if code:
         sys.exit(f"{name} failed with exit code {code}")
     seconds[name] = round(time.perf_counter() - t0, 1)
+
+
+def plot_training(runs: dict[str, dict], path: Path) -> Path:
+    """Held-out bits per byte against training step, one line per run (each with its own retrieval setting)."""
+    from relm.eval.report import new_figure, save_figure
+
+    fig, ax = new_figure()
+    for name, run in runs.items():
+        pts = [(h["step"], h["held_out"]["bits_per_byte"]) for h in run["history"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out bits per byte")
+    ax.set_title("RETRO on pydocs + wiki: held-out bpb during training")
+    ax.grid(alpha=0.3)
+    return save_figure(fig, ax, path)
 
 
 def main() -> None:
@@ -127,6 +144,8 @@ def main() -> None:
                            "history": [h for h in s["history"] if "held_out" in h]} for n, s in states.items()}}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "retro_results.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_training({n: r for n, r in result["runs"].items() if n != "retrofit"},
+                  HERE / "results" / "retro_training.png")
     parts = []
     for name, r in res.items():
         png = "retro_leakage.png" if name == "eval" else "retro_leakage_retrofit.png"
