@@ -310,6 +310,25 @@ def test_retrieval_carries_the_continuation_to_the_next_chunk():
     assert nll(off)[:, later].mean() > 0.8 * log_v and nll(on)[:, : M - 1].mean() > 0.8 * log_v
 
 
+@pytest.mark.parametrize("fusion", ["retro", "relm"])
+def test_bf16_autocast_forward_and_backward(fusion):
+    """The AMP path the trainer takes on GPUs (autocast to bf16), run on the CPU: finite loss close to fp32,
+    gradients for the retrieval parameters."""
+    model = trained_like(tiny_config(fusion=fusion)).train()
+    tokens, neighbours = inputs()
+    kw = ({"neighbours": neighbours} if fusion == "retro" else
+          {"passage_vectors": torch.randn(2, L, K, 12), "vector_mask": torch.ones(2, L, K, dtype=torch.bool)})
+    targets = torch.roll(tokens, -1, 1)
+    ref = model(tokens, targets=targets, **kw)[1]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(tokens, targets=targets, **kw)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert abs(loss.item() - ref.item()) < 0.05 * ref.item()
+    loss.backward()
+    cca = next(b.cca for b in model.layers if b.cca is not None)
+    assert cca.attn.q_proj.weight.grad is not None and cca.attn.q_proj.weight.grad.abs().sum() > 0
+
+
 # -- config ----------------------------------------------------------------------------------------
 
 
