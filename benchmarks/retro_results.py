@@ -131,8 +131,10 @@ def main() -> None:
         if not members:
             continue
         out = w / name
-        if out.exists():
-            shutil.rmtree(out)
+        done = out / "retro_eval.json"
+        if done.exists() and any(done.stat().st_mtime < (Path(r) / "model.safetensors").stat().st_mtime
+                                 for r in members):
+            shutil.rmtree(out)  # older than a model it evaluated: evaluate again
         step(name, out / "retro_eval.json", ["retro", "eval", *members, *evals_argv, "--out", str(out), *extra],
              seconds)
         res[name] = json.loads((out / "retro_eval.json").read_text())
