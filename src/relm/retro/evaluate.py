@@ -143,7 +143,7 @@ def plot_leakage(result: dict[str, Any], path: str | os.PathLike, *, title: str 
         xs = [c["alpha"] for c in r["leakage_curve"]]
         ys = [c["bpb"] for c in r["leakage_curve"]]
         ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("max overlap with retrieved neighbours α (longest common token run / chunk length)")
+    ax.set_xlabel("α: max overlap with neighbours (longest common token run / chunk)")
     ax.set_ylabel("bits per byte (chunks with r ≤ α)")
     ax.set_title(title or "Leakage-filtered evaluation")
     ax.grid(True, alpha=0.3)
