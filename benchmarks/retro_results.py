@@ -12,7 +12,8 @@ Results: benchmarks/results/retro_results.json, a table in benchmarks/README.md,
 benchmarks/results/retro_leakage.png (trained from scratch), retro_leakage_retrofit.png and
 retro_training.png (held-out bpb during training).
 
-    python benchmarks/retro_results.py                          # ~1 h on 2 cores
+    python benchmarks/retro_results.py --steps 700 --warmup 50 --retrofit-steps 100 --eval-windows 600
+        # as in docs/results.md: ~2 h of trainings on 2 cores (two at a time with --threads 1 --skip ...)
     python benchmarks/retro_results.py --steps 200 --retrofit-steps 20 --work /tmp/retro   # a quick look
 """
 
