@@ -100,12 +100,14 @@ def main() -> None:
     step("neighbours", w / "nb" / "manifest.json", ["retro", "neighbours", str(ds), "--out", str(w / "nb")], seconds)
     step("eval neighbours", w / "nb-eval" / "manifest.json",
          ["retro", "neighbours", str(ds), "--eval", *evals, "--out", str(w / "nb-eval")], seconds)
+    threads = ["--threads", str(args.threads)] if args.threads else []
     train = ["--neighbours", str(w / "nb"), "--eval", *evals, "--eval-neighbours", str(w / "nb-eval"),
              "--batch-size", str(args.batch_size), "--seq-chunks", str(args.seq_chunks), "--eval-sequences", "32",
-             "--checkpoint-every", "100", *(["--threads", str(args.threads)] if args.threads else [])]
+             "--checkpoint-every", "100", *threads]
     model = ["--d-model", str(args.d_model), "--layers", str(args.layers), "--heads", "4", "--d-ff",
              str(3 * args.d_model), "--cca-layers", args.cca_layers, "--enc-d-model", str(args.d_model // 2)]
     skip = set(args.skip.split(","))
+    retrofit_runs = [] if "retrofit" in skip else [str(w / "retrofit")]
     runs = []
     for name, extra in (("retro", []), ("baseline", ["--no-retrieval"]), ("relm", ["--fusion", "relm"]),
                         ("retro-nopos", ["--no-cca-positions"])):
@@ -124,10 +126,10 @@ def main() -> None:
     if "eval" in skip:
         return
     evals_argv = ["--datastore", str(ds), "--eval", *evals, "--neighbours", str(w / "nb-eval"), "--window",
-                  str(args.window), "--stride", str(args.stride), *(["--threads", str(args.threads)] if args.threads else [])]
+                  str(args.window), "--stride", str(args.stride), *threads]
     res = {}
     for name, members, extra in (("eval", runs, ["--max-windows", str(args.eval_windows)] if args.eval_windows else []),
-                                 ("eval-retrofit", [str(w / "retrofit")] if "retrofit" not in skip else [],
+                                 ("eval-retrofit", retrofit_runs,
                                   ["--max-windows", str(args.retrofit_windows)])):
         if not members:
             continue
@@ -140,7 +142,7 @@ def main() -> None:
              seconds)
         res[name] = json.loads((out / "retro_eval.json").read_text())
     states = {Path(r).name: json.loads((Path(r) / "state.json").read_text())
-              for r in [*runs, *([str(w / "retrofit")] if "retrofit" not in skip else [])]}
+              for r in [*runs, *retrofit_runs]}
     result = {"benchmark": "retro_results", "date": time.strftime("%Y-%m-%d"), "args": {k: str(v) for k, v in
               vars(args).items()}, "seconds": seconds, **{k.replace("-", "_"): v for k, v in res.items()},
               "runs": {n: {"step": s["step"], "train": s["train"], "model": s["model"],

@@ -93,7 +93,8 @@ def evaluate_retro(models: dict[str, tuple[Any, bool]], stream: ChunkStream, chu
             "bits_per_byte": float(bits[label].sum() / nbytes.sum()),
             "leakage_curve": filtered_bpb(bits[label], nbytes, ratios, alphas),
         }
-    out["comparisons"] = [{"a": a, "b": b, "curve": filtered_comparison(bits[a], bits[b], nbytes, ratios, alphas)}
+    out["comparisons"] = [{"a": a, "b": b, "all": filtered_comparison(bits[a], bits[b], nbytes, ratios, (math.inf,))[0],
+                           "curve": filtered_comparison(bits[a], bits[b], nbytes, ratios, alphas)}
                           for a, b in comparisons or () if a in bits and b in bits]
     return out
 
@@ -111,6 +112,14 @@ def _cell(value: float, fmt: str) -> str:
     return "–" if math.isnan(value) else format(value, fmt)
 
 
+def _diff_cell(c: dict[str, Any]) -> str:
+    """'+0.89% [+0.81%, +0.98%]', ' ns' appended when the interval contains zero, '–' with no chunk."""
+    if math.isnan(c["rel_diff"]):
+        return "–"
+    lo, hi = c["rel_diff_ci"]
+    return f"{c['rel_diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]{'' if c['excludes_zero'] else ' ns'}"
+
+
 def leakage_table(result: dict[str, Any]) -> str:
     """Markdown: bpb per model and α (– where no chunk is kept), the chunks kept, then each comparison's
     relative bpb difference with its 95% interval."""
@@ -125,12 +134,8 @@ def leakage_table(result: dict[str, Any]) -> str:
     counts = " | ".join(str(result["overlap_histogram"][str(a)]) for a in alphas)
     lines.append(f"| chunks kept | {result['chunks']} | {counts} |")
     for comp in result.get("comparisons", []):
-        cells = []
-        for c in comp["curve"]:
-            lo, hi = c["rel_diff_ci"]
-            cells.append("–" if math.isnan(c["rel_diff"]) else
-                         f"{c['rel_diff']:+.2%} [{lo:+.2%}, {hi:+.2%}]{'' if c['excludes_zero'] else ' ns'}")
-        lines.append(f"| {comp['b']} vs {comp['a']} | {cells[-1]} | " + " | ".join(cells) + " |")
+        cells = [_diff_cell(c) for c in [comp["all"], *comp["curve"]]]
+        lines.append(f"| {comp['b']} vs {comp['a']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
