@@ -174,8 +174,10 @@ def _build_cmd(corpus: Path, out: Path) -> list[str]:
             "--chunk-words", "30", "--min-words", "5", "--shard-size", "4", "--batch-size", "4"]
 
 
+@pytest.mark.slow
 def test_build_killed_with_sigkill_resumes_byte_identical(tmp_path):
-    """A real process killed with SIGKILL mid-build, rerun with the same command."""
+    """A real process with the real encoder killed with SIGKILL mid-build, rerun with the same command
+    (the fast default is the crash-injection sweep in test_crash.py, with a hash encoder)."""
     corpus = write_jsonl(tmp_path / "c.jsonl", corpus_records(n_docs=16, base_words=60))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     subprocess.run(_build_cmd(corpus, tmp_path / "ref"), check=True, env=env, timeout=600)
@@ -198,7 +200,7 @@ def test_build_killed_with_sigkill_resumes_byte_identical(tmp_path):
 
 def test_rerun_overwrite_and_refusals(tmp_path, small_corpus, encoder, caplog):
     out = tmp_path / "ds"
-    build_datastore([small_corpus], out, encoder=encoder)
+    ds0 = build_datastore([small_corpus], out, encoder=encoder)
     before = tree_bytes(out)
     with caplog.at_level("INFO", logger="relm"):
         build_datastore([small_corpus], out, encoder=encoder)
@@ -217,12 +219,15 @@ def test_rerun_overwrite_and_refusals(tmp_path, small_corpus, encoder, caplog):
         build_datastore([small_corpus], foreign, encoder=encoder, overwrite=True)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
-    # the corpus changed under an unfinished build
+    # an unfinished build of other inputs: refused once it has encoded shards, discarded before
     partial = tmp_path / "partial"
-    (partial / L.STAGING).mkdir(parents=True)
+    (partial / L.STAGING / "shard-00000").mkdir(parents=True)
     (partial / L.STAGING / "plan.json").write_text(json.dumps({"other": "plan"}))
-    with pytest.raises(DatastoreError, match="unfinished build"):
+    (partial / L.STAGING / "shard-00000" / "done.json").write_text("{}")
+    with pytest.raises(DatastoreError, match="unfinished build of other inputs.*rerun the command that started it"):
         build_datastore([small_corpus], partial, encoder=encoder)
+    (partial / L.STAGING / "shard-00000" / "done.json").unlink()
+    assert len(build_datastore([small_corpus], partial, encoder=encoder)) == len(ds0)
 
 
 def test_unknown_format_version_is_refused(tmp_path, small_corpus, encoder):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from relm import BuildConfig, ChunkConfig, ConfigError, Datastore, InputError, build_datastore
+from relm import BuildConfig, ChunkConfig, ConfigError, Datastore, DatastoreError, InputError, build_datastore
 from relm.datastore import layout as L
 from relm.datastore import update as U
 
@@ -114,27 +114,27 @@ def test_compact_drops_tombstoned_documents(ds):
     assert not ds.root.with_name(ds.root.name + ".compact").exists()
 
 
-def test_interrupted_commit_is_rolled_forward_on_open(ds, tmp_path, encoder, monkeypatch):
+def test_interrupted_commit_is_rolled_forward_by_the_next_writer(ds, tmp_path, encoder, monkeypatch):
+    from relm.datastore import journal as J
+
     extra = write_jsonl(tmp_path / "extra.jsonl", new_records(0, 2))
     n = len(ds)
 
-    original = U.recover
-
-    def crash_after_two_moves(root):
-        journal = root / U.UPDATE_DIR / "commit.json"
-        if not journal.exists():
-            return original(root)
-        plan = json.loads(journal.read_text())
-        for src, dst in plan["moves"][:2]:
+    def crash_after_two_moves(root, journal):
+        for src, dst in journal.moves[:2]:
             (root / src).replace(root / dst)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(U, "recover", crash_after_two_moves)
+    monkeypatch.setattr(J, "_apply", crash_after_two_moves)
     with pytest.raises(KeyboardInterrupt):
         U.add_documents(ds, [extra], encoder=encoder)
     monkeypatch.undo()
     assert json.loads((ds.root / L.MANIFEST).read_text())["counts"]["passages"] == n  # old manifest still in place
-    reopened = Datastore.open(ds.root)  # rolls the commit forward
+    before = sorted(p.relative_to(ds.root).as_posix() for p in ds.root.rglob("*"))
+    with pytest.raises(DatastoreError, match="relm recover"):
+        Datastore.open(ds.root)  # opening never writes: it says what finishes the update
+    assert sorted(p.relative_to(ds.root).as_posix() for p in ds.root.rglob("*")) == before
+    assert U.recover(ds.root) == "rolled forward"
+    reopened = Datastore.open(ds.root)
     assert len(reopened) > n and reopened.document(reopened.n_documents - 1)["id"] == "new-1"
-    assert reopened.passage(len(reopened) - 1) == Datastore.open(ds.root).passage(len(reopened) - 1)
     assert not (ds.root / U.UPDATE_DIR).exists()

@@ -5,6 +5,8 @@ CLI flags map one to one onto these fields (see `relm build --help`).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -14,6 +16,57 @@ OnError = Literal["raise", "skip"]
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_TOKENIZER = "smollm2"
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
+              optional: bool = False) -> int | None:
+    """`value` as an int in [minimum, maximum], or a ConfigError naming `name` and the allowed range.
+
+    Used by configs and APIs alike, so the Python API rejects what the CLI rejects. Booleans and
+    non-integral numbers are refused; `optional` lets None through (meaning "unset").
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer{_range(minimum, maximum)}, got {value!r}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} must be{_range(minimum, maximum) or ' an integer'}, got {value}")
+    return value
+
+
+def check_float(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
+                optional: bool = False) -> float | None:
+    """`value` as a finite float in [minimum, maximum], or a ConfigError naming `name` and the range.
+
+    NaN and ±inf are always refused: NaN compares false with everything, so it would silently empty
+    (or silently disable) whatever it bounds.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number{_range(minimum, maximum)}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number{_range(minimum, maximum)}, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ConfigError(f"{name} must be{_range(minimum, maximum)}, got {value:g}")
+    return value
+
+
+def _range(minimum, maximum) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in [{minimum:g}, {maximum:g}]"
+    if minimum is not None:
+        return f" >= {minimum:g}"
+    if maximum is not None:
+        return f" <= {maximum:g}"
+    return ""
+
+
+def _check_str(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
 
 
 def _from_dict(cls, d: dict[str, Any]):
@@ -48,7 +101,13 @@ class ReaderConfig:
             raise ConfigError(f"--format must be auto, jsonl, text or parquet, got {self.format!r}")
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"--on-error must be 'raise' or 'skip', got {self.on_error!r}")
+        for name in ("text_field", "id_field", "title_field", "domain_field", "timestamp_field"):
+            _check_str(getattr(self, name), "--" + name.replace("_", "-"))
+        if isinstance(self.domains, str):
+            raise ConfigError(f"domains must be a list of labels, got the string {self.domains!r}")
         object.__setattr__(self, "domains", tuple(self.domains))
+        for d in self.domains:
+            _check_str(d, "--domain")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReaderConfig:
@@ -69,12 +128,12 @@ class ChunkConfig:
     def __post_init__(self):
         if self.mode not in ("words", "tokens"):
             raise ConfigError(f"chunk mode must be 'words' or 'tokens', got {self.mode!r}")
-        if self.max_words < 1:
-            raise ConfigError(f"--chunk-words must be >= 1, got {self.max_words}")
+        check_int(self.max_words, "--chunk-words", minimum=1)
+        check_int(self.min_words, "--min-words")
         if not 0 <= self.min_words <= self.max_words:
             raise ConfigError(f"--min-words must be in [0, --chunk-words={self.max_words}], got {self.min_words}")
-        if self.chunk_tokens < 1:
-            raise ConfigError(f"--chunk-tokens must be >= 1, got {self.chunk_tokens}")
+        check_int(self.chunk_tokens, "--chunk-tokens", minimum=1)
+        _check_str(self.tokenizer, "--tokenizer")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChunkConfig:
@@ -98,6 +157,12 @@ class EncoderConfig:
     # fp16 weights on GPU; ignored on CPU where fp16 matmuls are slow
     half_precision: bool = True
 
+    def __post_init__(self):
+        _check_str(self.model, "--encoder")
+        check_int(self.max_seq_length, "--max-seq-length", minimum=1, optional=True)
+        if self.device is not None:
+            _check_str(self.device, "--device")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
         return _from_dict(cls, d)
@@ -112,10 +177,12 @@ class BuildConfig:
     shard_size: int = 65536  # passages per embedding shard (the unit of resumption)
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.shard_size < 1:
-            raise ConfigError(f"--shard-size must be >= 1, got {self.shard_size}")
+        for name, value, cls in (("reader", self.reader, ReaderConfig), ("chunk", self.chunk, ChunkConfig),
+                                 ("encoder", self.encoder, EncoderConfig)):
+            if not isinstance(value, cls):
+                raise ConfigError(f"BuildConfig.{name} must be a {cls.__name__}, got {type(value).__name__}")
+        check_int(self.batch_size, "--batch-size", minimum=1)
+        check_int(self.shard_size, "--shard-size", minimum=1)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

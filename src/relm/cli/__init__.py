@@ -9,16 +9,31 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 
 from .. import __version__
 from ..errors import RelmError
-from . import add, build, compact, delete, eval, index, index_eval, info, quickstart, retro, scale, search
+from . import (
+    add,
+    build,
+    compact,
+    delete,
+    eval,
+    index,
+    index_eval,
+    info,
+    quickstart,
+    recover,
+    retro,
+    scale,
+    search,
+)
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, eval, scale, quickstart, retro)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -81,6 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"relm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the disk is full, a path is not writable, ...: one line, nothing lost
+        if args.verbose:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        hint = {errno.ENOSPC: "free some space and rerun the same command (it resumes)",
+                errno.EACCES: "check the permissions", errno.EROFS: "the file system is read-only",
+                errno.EDQUOT: "free some space and rerun the same command (it resumes)"}.get(e.errno, "")
+        print(f"relm {args.command}: error: {where}{e.strerror or e}" + (f"; {hint}" if hint else ""),
+              file=sys.stderr)
+        return 2
 
 
 def entry_point() -> int:

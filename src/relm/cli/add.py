@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import ReaderConfig
-from .common import HelpFormatter, add_progress_flags
+from .common import HelpFormatter, add_progress_flags, add_wait_flag, writing
 
 
 def register(sub) -> None:
@@ -16,21 +16,21 @@ def register(sub) -> None:
     p.add_argument("--domain", action="append", default=[], metavar="D",
                    help="domain label: once for all inputs, or once per input")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
+    add_wait_flag(p)
     add_progress_flags(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..datastore import Datastore
     from ..datastore.update import add_documents
-    from ..retrieval.maintenance import update_indexes
+    from ..retrieval.indexes import list_indexes
 
-    ds = Datastore.open(args.datastore)
-    n, docs = len(ds), ds.n_documents
-    reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field, domains=tuple(args.domain),
-                          on_error=args.on_error)
-    ds = add_documents(ds, args.inputs, reader, show_progress=args.progress)
-    updated = update_indexes(ds)
+    with writing(args.datastore, args.wait) as ds:
+        n, docs = len(ds), ds.n_documents
+        reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field, domains=tuple(args.domain),
+                              on_error=args.on_error)
+        ds = add_documents(ds, args.inputs, reader, show_progress=args.progress)
+    names = [c["name"] for c in list_indexes(ds)]
     print(f"added {ds.n_documents - docs:,} documents ({len(ds) - n:,} passages) to {ds.root}; "
-          f"updated indexes: {', '.join(updated) or 'none'}")
+          f"updated indexes: {', '.join(names) or 'none'}")
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import DEFAULT_ENCODER, DEFAULT_TOKENIZER, BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
-from .common import HelpFormatter, add_progress_flags
+from .common import HelpFormatter, add_progress_flags, add_wait_flag
 
 
 def register(sub) -> None:
@@ -47,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="bad input: stop with an error, or skip it and count it in the build stats")
     p.add_argument("--overwrite", action="store_true", help="replace an existing datastore at --out")
+    add_wait_flag(p)
     add_progress_flags(p)
     p.set_defaults(run=run)
 
@@ -84,7 +85,7 @@ def run(args) -> int:
     from ..datastore import build_datastore
 
     ds = build_datastore(args.inputs, args.out, config_from_args(args), overwrite=args.overwrite,
-                         show_progress=args.progress)
+                         show_progress=args.progress, wait=args.wait)
     info = ds.info()
     c, read = info["counts"], ds.manifest["build"]["read"]
     line = (f"built {ds.root}: {c['documents']:,} documents, {c['passages']:,} passages, {c['words']:,} words"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -39,3 +40,23 @@ def add_progress_flags(parser) -> None:
     bar = parser.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
+
+
+def add_wait_flag(parser) -> None:
+    """--wait: queue behind another process writing the datastore instead of refusing."""
+    parser.add_argument("--wait", action="store_true",
+                        help="if another relm process is writing the datastore, wait for it instead of refusing")
+
+
+@contextlib.contextmanager
+def writing(path: str, wait: bool):
+    """Hold the writer lock of datastore `path`, finish or undo an interrupted update, and yield the
+    datastore as it is now: how every writing subcommand starts."""
+    from ..datastore import Datastore, read_manifest
+    from ..datastore.journal import recover
+    from ..datastore.lock import writer_lock
+
+    read_manifest(path)  # a clear error for a missing or foreign directory before anything is created
+    with writer_lock(path, wait=wait):
+        recover(path, keep_new=True)
+        yield Datastore.open(path)

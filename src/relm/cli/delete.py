@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from .common import HelpFormatter
+from .common import HelpFormatter, add_wait_flag, writing
 
 
 def register(sub) -> None:
@@ -14,11 +14,11 @@ def register(sub) -> None:
     p.add_argument("datastore", metavar="DS")
     p.add_argument("--doc-id", action="append", default=[], metavar="ID", help="document id (repeatable)")
     p.add_argument("--doc-ids-from", metavar="FILE", help="a file of document ids, one per line")
+    add_wait_flag(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..datastore import Datastore
     from ..datastore.update import delete_documents
 
     ids = list(args.doc_id)
@@ -27,8 +27,13 @@ def run(args) -> int:
         if not path.is_file():
             raise InputError(args.doc_ids_from, None, "missing", "no such file")
         ids += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    ds = delete_documents(Datastore.open(args.datastore), ids)
-    d = ds.manifest["deleted"]
+    with writing(args.datastore, args.wait) as ds:
+        before = ds.revision
+        ds = delete_documents(ds, ids)
+    d = ds.manifest.get("deleted") or {"documents": 0, "passages": 0}
+    if ds.revision == before:
+        print(f"nothing to delete: the {len(set(ids)):,} document(s) were already deleted from {ds.root}")
+        return 0
     print(f"deleted {len(set(ids)):,} document(s); {d['documents']:,} documents "
           f"({d['passages']:,} passages) are tombstoned in {ds.root}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import ConfigError
-from .common import HelpFormatter, add_progress_flags, parse_bytes
+from .common import HelpFormatter, add_progress_flags, add_wait_flag, parse_bytes, writing
 
 
 def register(sub) -> None:
@@ -18,7 +18,10 @@ def register(sub) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("datastore", metavar="DS")
-    p.add_argument("--name", required=True, help="index name (a directory under DS/indexes/)")
+    p.add_argument("--name", help="index name (a directory under DS/indexes/)")
+    p.add_argument("--refresh", action="store_true",
+                   help="bring every stale index up to date (append what it can, rebuild the rest)")
+    p.add_argument("--remove", metavar="NAME", help="delete index NAME")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--factory", help="faiss preset or index_factory string, or 'auto' (default: hnsw)")
     kind.add_argument("--bm25", action="store_true", help="a BM25 index over the passage text (bm25s)")
@@ -40,14 +43,43 @@ def register(sub) -> None:
     p.add_argument("--tune-queries", type=int, default=1000, help="with --tune: held-out query sample size")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing index of this name")
     p.add_argument("--json", action="store_true", help="print the index config as JSON")
+    add_wait_flag(p)
     add_progress_flags(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from ..datastore import Datastore
+    from ..retrieval.indexes import index_transaction
 
-    ds = Datastore.open(args.datastore)
+    chosen = [flag for flag, on in (("--name", args.name), ("--refresh", args.refresh), ("--remove", args.remove)) if on]
+    if len(chosen) != 1:
+        raise ConfigError("give exactly one of --name NAME (build), --refresh, --remove NAME")
+    with writing(args.datastore, args.wait) as ds:
+        if args.refresh:
+            from ..retrieval.maintenance import refresh_indexes
+
+            names = refresh_indexes(ds)
+            print(f"refreshed indexes: {', '.join(names) or 'none (every index is up to date)'}")
+            return 0
+        if args.remove:
+            from ..retrieval.maintenance import remove_index
+
+            remove_index(ds, args.remove)
+            print(f"removed index {args.remove!r} from {ds.root}")
+            return 0
+        with index_transaction(ds) as view:  # build (and tune) beside the live index, one commit
+            config = _build(view, args)
+    from ..retrieval.indexes import read_index_config
+
+    config = read_index_config(ds, args.name)
+    if args.json:
+        print(json.dumps(config, indent=2))
+    else:
+        print(f"index {args.name!r} ({config['type']}) built in {ds.root}/indexes/{args.name}")
+    return 0
+
+
+def _build(ds, args) -> dict:
     if args.bm25:
         from ..retrieval.bm25 import BM25Config, build_bm25_index
 
@@ -66,11 +98,7 @@ def run(args) -> int:
         config = index.config
     else:
         config = _build_ann(ds, args)
-    if args.json:
-        print(json.dumps(config, indent=2))
-    else:
-        print(f"index {args.name!r} ({config['type']}) built in {ds.root}/indexes/{args.name}")
-    return 0
+    return config
 
 
 def _build_ann(ds, args) -> dict:

@@ -119,16 +119,21 @@ def resolve_inputs(paths: list[str | os.PathLike], config: ReaderConfig = Reader
             candidates = []
             for m in map(Path, matches):  # a glob may match directories: read them like directories
                 if m.is_dir():
-                    candidates += sorted(q for q in m.rglob("*") if q.is_file() and not _hidden(q.relative_to(m)))
+                    candidates += walk_directory(m, config)
                 elif m.is_file():
                     candidates.append(m)
+                elif m.is_symlink():
+                    log.warning("%s: skipped a broken symbolic link (it points to %s)", m, os.readlink(m))
+            # `dir/**` matches a directory and the files in it: read each file once
+            candidates = list(dict.fromkeys(candidates))
             explicit = False
         else:
             p = Path(raw)
             if not p.exists():
-                raise InputError(raw, None, "missing", "no such file or directory")
+                hint = f" (a broken symbolic link to {os.readlink(p)})" if p.is_symlink() else ""
+                raise InputError(raw, None, "missing", f"no such file or directory{hint}")
             if p.is_dir():
-                candidates = sorted(q for q in p.rglob("*") if q.is_file() and not _hidden(q.relative_to(p)))
+                candidates = walk_directory(p, config)
                 explicit = False
             else:
                 candidates = [p]
@@ -154,8 +159,78 @@ def resolve_inputs(paths: list[str | os.PathLike], config: ReaderConfig = Reader
     return out
 
 
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
+def walk_directory(root: Path, config: ReaderConfig = ReaderConfig()) -> list[Path]:
+    """Every file under `root`, recursively, sorted; names starting with '.' (.git, .cache) are skipped.
+
+    Symbolic links are followed, to files and to directories (like `find -L` or `rsync -L`), and the
+    paths keep the link's name. Each real directory and file is read once, by resolved path, and a
+    real path wins over a path through a link: a link back to an ancestor (a cycle) or a second path
+    to something already listed is skipped with a warning naming both paths, and so is a broken
+    link. A directory that cannot be listed is an InputError (with `on_error="skip"`: a warning).
+    """
+    seen_dirs = {os.path.realpath(root): root}
+    files: dict[str, tuple[bool, Path]] = {}  # real path -> (reached through a link, path)
+    pending: list[tuple[Path, bool]] = [(root, False)]
+    links: list[Path] = []  # symlinked directories, walked after every real one
+    while pending or links:
+        if not pending:
+            link = links.pop(0)
+            real = os.path.realpath(link)
+            if real in seen_dirs:
+                why = "a symbolic link loop" if _is_ancestor(real, link.parent) else "already read"
+                log.warning("%s: skipped, it is the same directory as %s (%s)", link, seen_dirs[real], why)
+                continue
+            seen_dirs[real] = link
+            pending.append((link, True))
+            continue
+        d, via_link = pending.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            error = InputError(str(d), None, "unreadable", f"cannot list directory: {e.strerror or e}")
+            if config.on_error == "raise":
+                raise error from e
+            log.warning("skipped %s", error)
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            path = Path(e.path)
+            try:
+                is_dir, is_file, is_link = e.is_dir(), e.is_file(), e.is_symlink()  # dir/file follow links
+            except OSError:
+                is_dir = is_file = False
+                is_link = True
+            if is_dir and is_link:
+                links.append(path)
+            elif is_dir:
+                real = os.path.realpath(path)
+                if real in seen_dirs:  # a bind mount or the like: still read once
+                    log.warning("%s: skipped, it is the same directory as %s (already read)", path, seen_dirs[real])
+                    continue
+                seen_dirs[real] = path
+                subdirs.append((path, via_link))
+            elif is_file:
+                real = os.path.realpath(path)
+                mine = (via_link or is_link, path)
+                other = files.get(real)
+                if other is None:
+                    files[real] = mine
+                else:  # one file under two names: keep the real path over the one through a link
+                    keep, drop = (mine, other) if mine[0] < other[0] else (other, mine)
+                    files[real] = keep
+                    log.warning("%s: skipped, it is the same file as %s (read once)", drop[1], keep[1])
+            elif is_link:
+                log.warning("%s: skipped a broken symbolic link (it points to %s)", path, os.readlink(path))
+        pending.extend(reversed(subdirs))  # depth first, in name order
+    return sorted(path for _, path in files.values())
+
+
+def _is_ancestor(real: str, directory: Path) -> bool:
+    here = os.path.realpath(directory)
+    return here == real or here.startswith(real.rstrip(os.sep) + os.sep)
 
 
 def read_documents(

@@ -49,6 +49,7 @@ from ..errors import DatastoreError, InputError
 from ..progress import progress
 from . import layout as L
 from .ids import IdRegistry
+from .lock import LOCK, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,15 @@ def build_datastore(
     overwrite: bool = False,
     show_progress: bool | None = None,
     encoder=None,
+    replace_other: bool = False,
+    wait: bool = False,
 ):
     """Build (or resume building) a datastore from corpus files; returns the opened `Datastore`.
 
-    `encoder` may be passed to reuse a loaded encoder; it must match `config.encoder`.
+    `encoder` may be passed to reuse a loaded encoder; it must match `config.encoder`. The build holds
+    the writer lock of `out` (`wait`: queue behind another writer instead of refusing).
+    `replace_other`: an unfinished build of other inputs in `out` is discarded instead of refused
+    (`relm add` stages its new documents this way).
     """
     from .store import Datastore
 
@@ -97,12 +103,32 @@ def build_datastore(
     if not files:
         raise InputError(str(out), None, "missing", "every input lies inside the output directory")
     plan = _plan(files, config)
-    if _prepare_output(out, plan, overwrite):
-        log.info("%s is already built with these inputs and settings; nothing to do", out)
-        return Datastore.open(out)
-    builder = _Builder(out, files, config, show_progress, encoder)
-    builder.run()
+    _check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatastoreError(f"--out {out}: cannot create the directory ({e.strerror})") from e
+    with writer_lock(out, wait=wait):
+        if _prepare_output(out, plan, overwrite, replace_other):
+            log.info("%s is already built with these inputs and settings; nothing to do", out)
+            return Datastore.open(out)
+        builder = _Builder(out, files, config, show_progress, encoder)
+        builder.run()
     return Datastore.open(out)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that is a file, or a directory of someone else's files."""
+    if out.exists() and not out.is_dir():
+        raise DatastoreError(f"--out {out} is a file, not a directory; choose another --out")
+    if out.is_dir() and not _ours(out):
+        raise DatastoreError(f"{out} exists and is not a relm datastore; refusing to write into it")
+
+
+def _ours(out: Path) -> bool:
+    """An empty directory, a datastore, or an unfinished build (what relm may write into)."""
+    names = {p.name for p in out.iterdir()}
+    return not names - {LOCK} or L.MANIFEST in names or L.STAGING in names
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -132,44 +158,78 @@ def _plan(files: list[InputFile], config: BuildConfig) -> dict[str, Any]:
     }
 
 
-def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool) -> bool:
-    """Make `out` ready for this plan. Returns True when it already holds exactly this build."""
+def _prepare_output(out: Path, plan: dict[str, Any], overwrite: bool, replace_other: bool = False) -> bool:
+    """Make `out` ready for this plan (under the lock). Returns True when it already holds exactly this build.
+
+    The states a build can leave, killed anywhere: nothing; `.build/` (maybe without plan.json yet);
+    `.build/` with finished shards; the datastore's files being written beside `.build/`; manifest.json
+    written (the datastore is finished) with `.build/` not yet removed. Each is finished or redone here.
+    """
     staging = out / L.STAGING
     if (out / L.MANIFEST).exists():
         try:
             done_plan = read_json(out / L.MANIFEST).get("build", {}).get("plan")
-        except ValueError:
+        except (ValueError, AttributeError):
             done_plan = None
         if done_plan == plan and not overwrite:
+            _remove_leftovers(out)  # killed after the manifest was written: only the clean-up was left
             return True
         if not overwrite:
             raise DatastoreError(
                 f"{out} already holds a datastore built from other inputs or settings; "
                 "pass --overwrite to replace it, or choose another --out"
             )
-        _clear(out)
+        _clear(out, plan)
     elif (staging / "plan.json").exists():
-        if read_json(staging / "plan.json") != plan:
-            if not overwrite:
+        try:
+            staged_plan = read_json(staging / "plan.json")
+        except ValueError:
+            staged_plan = None
+        if staged_plan != plan:
+            finished = len(list(staging.glob("shard-*/done.json")))
+            if finished and not (overwrite or replace_other):
                 raise DatastoreError(
-                    f"{out} holds an unfinished build with other inputs or settings; "
-                    "rerun that command to finish it, or pass --overwrite to start over"
+                    f"{out} holds an unfinished build of other inputs or settings ({finished} shard(s) encoded); "
+                    "rerun the command that started it to finish it, or pass --overwrite to start over with these"
                 )
-            _clear(out)
+            log.info("%s: discarding an unfinished build of other inputs or settings", out)
+            _clear(out, plan)
         else:
             log.info("resuming the unfinished build in %s", out)
-    elif out.exists() and any(out.iterdir()):
-        raise DatastoreError(f"{out} exists and is not a relm datastore; refusing to write into it")
+            _clear_outside_staging(out)
+    else:
+        _clear(out, plan)  # empty, or `.build/` killed before its plan.json: nothing to keep
     staging.mkdir(parents=True, exist_ok=True)
     if not (staging / "plan.json").exists():
         write_json_atomic(staging / "plan.json", plan)
     return False
 
 
-def _clear(out: Path) -> None:
-    """Remove a datastore (only what relm writes: it was checked to be one)."""
-    shutil.rmtree(out)
-    out.mkdir(parents=True)
+def _clear(out: Path, plan: dict[str, Any]) -> None:
+    """Start over in `out` (checked to be relm's): the new plan first, then the manifest, then the rest,
+    so that a kill at any point leaves an unfinished build of this plan that a rerun resumes."""
+    staging = out / L.STAGING
+    if staging.exists():
+        shutil.rmtree(staging)
+    write_json_atomic(staging / "plan.json", plan)
+    (out / L.MANIFEST).unlink(missing_ok=True)
+    _clear_outside_staging(out)
+
+
+def _clear_outside_staging(out: Path) -> None:
+    """Remove everything but `.build/` and the lock: before finalize, all of it is rewritten from `.build/`."""
+    for p in out.iterdir():
+        if p.name in (L.STAGING, LOCK):
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def _remove_leftovers(out: Path) -> None:
+    if (out / L.STAGING).exists():
+        shutil.rmtree(out / L.STAGING)
+    for tmp in out.rglob("*.tmp"):
+        if ".update" not in tmp.relative_to(out).parts:
+            tmp.unlink()
 
 
 class _Builder:
@@ -255,10 +315,12 @@ class _Builder:
         bar.close()
         self.timer.add("total_stream", t_start)
         t0 = time.perf_counter()
-        self._finalize(n_shards=shard.index + 1)
+        manifest = self._finalize(n_shards=shard.index + 1)
         self.timer.add("finalize", t0)
         self.timer.add("total", t_start)
-        self._write_stats()
+        self._write_stats(manifest)  # before the manifest: a finished datastore always has its stats
+        write_json_atomic(self.out / L.MANIFEST, manifest)
+        shutil.rmtree(self.staging)
 
     def _show(self, bar, n_docs: int, shard: ShardBuffer, t_start: float) -> None:
         """Progress in input bytes (that gives the ETA), with passages/s and tokens/s so far."""
@@ -341,7 +403,7 @@ class _Builder:
         self.encoded_passages += len(shard)
         t0 = time.perf_counter()
         self.encoder_identity()
-        save_npy_atomic(self.out / L.embedding_shard(shard.index), vectors.astype(np.float16))
+        save_npy_atomic(sdir / "embeddings.npy", vectors.astype(np.float16))
         encoded = [t.encode("utf-8") for t in shard.texts]
         offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
@@ -363,7 +425,7 @@ class _Builder:
         self.timer.add("write", t0)
 
     # -- finalize ----------------------------------------------------------------------------
-    def _finalize(self, n_shards: int) -> None:
+    def _finalize(self, n_shards: int) -> dict[str, Any]:
         dirs = [self.staging / L.shard_name(i) for i in range(n_shards)]
         counts = [read_json(d / "done.json") for d in dirs]
         n = sum(c["passages"] for c in counts)
@@ -371,6 +433,14 @@ class _Builder:
         if n_docs >= 2**32 - 1:
             raise DatastoreError(f"{n_docs} documents do not fit uint32 document indexes; split the corpus")
         out = self.out
+        for i, d in enumerate(dirs):  # a link, not a move: until the manifest exists, .build/ stays whole
+            dst = out / L.embedding_shard(i)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(d / "embeddings.npy", dst)
+            except OSError:
+                shutil.copyfile(d / "embeddings.npy", dst)
         with AtomicWriter(out / L.PASSAGE_TEXT) as f:
             for d in dirs:
                 with open(d / "text.bin", "rb") as src:
@@ -434,8 +504,7 @@ class _Builder:
                 "read": self.read_stats.to_dict(),
             },
         }
-        write_json_atomic(out / L.MANIFEST, manifest)
-        shutil.rmtree(self.staging)
+        return manifest
 
     def _finalize_docs(self, dirs: list[Path], n_docs: int) -> list[dict[str, Any]]:
         """Concatenate document records; derive their offsets, domain codes and timestamps."""
@@ -468,8 +537,7 @@ class _Builder:
         counts = np.bincount(domain, minlength=len(names))
         return [{"name": name, "documents": int(counts[code])} for name, code in names.items()]
 
-    def _write_stats(self) -> None:
-        m = read_json(self.out / L.MANIFEST)
+    def _write_stats(self, m: dict[str, Any]) -> None:
         c = m["counts"]
         sec = {k: round(v, 4) for k, v in self.timer.seconds.items()}
         enc = max(self.timer.seconds.get("encode", 0.0), 1e-9)

@@ -71,14 +71,19 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
         raise DatastoreError(f"{root}: not a relm datastore (no manifest.json)")
     try:
         manifest = read_json(path)
-    except ValueError as e:
-        raise DatastoreError(f"{path}: unreadable manifest ({e})") from e
+    except (ValueError, OSError) as e:
+        raise DatastoreError(f"{path}: unreadable manifest ({e}); the datastore is damaged") from e
     check_manifest(manifest, path)
+    for key in ("counts", "embeddings", "encoder", "domains"):
+        if not isinstance(manifest.get(key), dict | list):
+            raise DatastoreError(f"{path}: the manifest has no valid {key!r}; the datastore is damaged")
     return manifest
 
 
 def check_manifest(manifest: dict[str, Any], path: str | Path) -> None:
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict):
+        raise DatastoreError(f"{path}: not a relm datastore manifest (a JSON {type(manifest).__name__}, not an object)")
+    if manifest.get("format") != FORMAT:
         raise DatastoreError(f"{path}: not a relm datastore manifest (format is {manifest.get('format')!r})")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:

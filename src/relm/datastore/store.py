@@ -7,8 +7,9 @@ datastore costs the same as opening a tiny one.
 
 from __future__ import annotations
 
+import copy
 import json
-import mmap
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -17,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import load_npy
 from ..config import EncoderConfig
 from ..corpus.documents import NO_TIMESTAMP, format_timestamp
 from ..errors import ConfigError, DatastoreError
@@ -49,30 +49,99 @@ class Hit:
         return d
 
 
+def _read_manifest_bytes(root: Path) -> bytes | None:
+    try:
+        return (root / L.MANIFEST).read_bytes()
+    except OSError:
+        return None
+
+
 class Datastore:
-    def __init__(self, root: Path, manifest: dict[str, Any]):
-        self.root = root
+    """A finished datastore, opened read-only and memory-mapped.
+
+    Opening never writes. Every file is opened (mapped) at open time, so a reader keeps seeing the
+    revision it opened, whole, even while a writer commits a newer one (`os.replace` keeps the old
+    files alive for the mappings that hold them); `reopen_if_changed()` moves to the newest.
+    Writers build a *view* of the state they are about to commit (`Datastore.view`, staged files in
+    place of live ones) to update indexes against it before anything is committed.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], *, files: dict[str, Path] | None = None,
+                 index_root: Path | None = None):
+        self.root = Path(root)
         self.manifest = manifest
+        self._files = dict(files or {})
+        self.index_root = Path(index_root) if index_root is not None else self.root / "indexes"
         self._encoder = None
 
+    def path(self, rel: str) -> Path:
+        """Where file `rel` of this datastore state lives (a staged file in a writer's view)."""
+        return self._files.get(rel, self.root / rel)
+
     @classmethod
-    def open(cls, path: str | Path) -> Datastore:
-        from .update import recover, recover_swap
+    def open(cls, path: str | Path, *, wait_seconds: float = 30.0) -> Datastore:
+        """Open the datastore at `path` read-only. While a writer is applying a commit (a matter of
+        renames) this waits up to `wait_seconds`; an interrupted commit is refused with the command that
+        finishes it (opening never writes)."""
+        from . import journal
+        from .lock import writer_active
 
         root = Path(path)
-        recover_swap(root)
-        recover(root)  # finish an update that was interrupted mid-commit
-        manifest = L.read_manifest(root)
-        ds = cls(root, manifest)
-        ds._check_files()
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            while journal.pending(root):
+                if not writer_active(root):
+                    raise DatastoreError(
+                        f"{root}: an update was interrupted before it finished; run `relm recover {root}` "
+                        "(or any command that writes to it) to finish it"
+                    )
+                if time.monotonic() > deadline:
+                    raise DatastoreError(f"{root}: a writer is still committing an update; try again shortly")
+                time.sleep(0.02)
+            raw = _read_manifest_bytes(root)
+            ds = cls(root, L.read_manifest(root))
+            ds._open_files()
+            if not journal.pending(root) and _read_manifest_bytes(root) == raw:
+                return ds  # no commit started while the files were being mapped: one consistent revision
+            if time.monotonic() > deadline:
+                raise DatastoreError(f"{root}: the datastore keeps changing while it is opened; try again")
+
+    @classmethod
+    def view(cls, root: Path, manifest: dict[str, Any], *, files: dict[str, Path] | None = None,
+             index_root: Path | None = None) -> Datastore:
+        """A writer's view of a state it is about to commit: `files` maps datastore paths to staged files."""
+        L.check_manifest(manifest, Path(root) / L.MANIFEST)
+        ds = cls(root, manifest, files=files, index_root=index_root)
+        ds._open_files()
         return ds
 
-    def _check_files(self) -> None:
-        wanted = [L.PASSAGE_TEXT, L.PASSAGE_OFFSETS, L.PASSAGE_DOC, L.DOC_RECORDS, L.DOC_OFFSETS]
-        wanted += [s["file"] for s in self.manifest["embeddings"]["shards"]]
-        missing = [w for w in wanted if not (self.root / w).exists()]
-        if missing:
-            raise DatastoreError(f"{self.root}: damaged datastore, missing {', '.join(missing)}; rebuild it")
+    def with_index_root(self, index_root: Path) -> Datastore:
+        """The same datastore state whose indexes are read and written under `index_root` (staging)."""
+        other = copy.copy(self)
+        other.index_root = Path(index_root)
+        return other
+
+    def changed(self) -> bool:
+        """True when the datastore on disk is at another revision than this reader (or being updated)."""
+        from . import journal
+
+        try:
+            m = L.read_manifest(self.root)
+        except DatastoreError:
+            return True
+        return journal.pending(self.root) or m.get("revision", 0) != self.revision or \
+            m.get("generation", 0) != self.generation
+
+    def reopen_if_changed(self) -> Datastore:
+        """This reader, or a new one at the newest revision when the datastore was updated since."""
+        return Datastore.open(self.root) if self.changed() else self
+
+    def _open_files(self) -> None:
+        """Map every file and check its size and header against the manifest (cheap: no contents read)."""
+        from .integrity import open_files
+
+        for name, value in open_files(self).items():
+            setattr(self, name, value)
 
     # -- sizes and identity ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -103,13 +172,6 @@ class Datastore:
     @property
     def domains(self) -> list[str]:
         return [d["name"] for d in self.manifest["domains"]]
-
-    @cached_property
-    def deleted_documents(self) -> np.ndarray:
-        """Sorted uint32 indexes of tombstoned documents (`relm delete`)."""
-        from .update import read_deleted
-
-        return read_deleted(self.root)
 
     @cached_property
     def _live(self) -> np.ndarray | None:
@@ -152,51 +214,6 @@ class Datastore:
             docs[self.deleted_documents] = False
         return docs[self.doc_index]
 
-    # -- memory-mapped arrays -------------------------------------------------------------------
-    @cached_property
-    def _text(self) -> mmap.mmap | bytes:
-        path = self.root / L.PASSAGE_TEXT
-        if path.stat().st_size == 0:
-            return b""
-        with open(path, "rb") as f:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-    @cached_property
-    def _offsets(self) -> np.ndarray:
-        return load_npy(self.root / L.PASSAGE_OFFSETS)
-
-    @cached_property
-    def doc_index(self) -> np.ndarray:
-        """(n_passages,) uint32: the document of each passage."""
-        return load_npy(self.root / L.PASSAGE_DOC)
-
-    @cached_property
-    def doc_passages(self) -> np.ndarray:
-        """(n_docs + 1,) uint64: document j owns passages [doc_passages[j], doc_passages[j+1])."""
-        return load_npy(self.root / L.DOC_PASSAGES)
-
-    @cached_property
-    def doc_domain(self) -> np.ndarray:
-        return load_npy(self.root / L.DOC_DOMAIN)
-
-    @cached_property
-    def doc_timestamp(self) -> np.ndarray:
-        return load_npy(self.root / L.DOC_TIMESTAMP)
-
-    @cached_property
-    def _records(self) -> mmap.mmap:
-        with open(self.root / L.DOC_RECORDS, "rb") as f:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-    @cached_property
-    def _record_offsets(self) -> np.ndarray:
-        return load_npy(self.root / L.DOC_OFFSETS)
-
-    @cached_property
-    def embedding_shards(self) -> list[tuple[int, np.ndarray]]:
-        """[(first passage id, (rows, dim) float16 memmap)] in passage order."""
-        return [(int(s["start"]), load_npy(self.root / s["file"])) for s in self.manifest["embeddings"]["shards"]]
-
     # -- passages, documents, tokens ------------------------------------------------------------
     def _check_ids(self, ids: np.ndarray) -> None:
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self)):
@@ -234,13 +251,13 @@ class Datastore:
             out[sel] = arr[ids[sel] - start]
         return out
 
-    @cached_property
+    @property
     def _tokens(self) -> tuple[np.ndarray, np.ndarray]:
         if self.manifest.get("tokens") is None:
             raise DatastoreError(
                 f"{self.root} holds word passages, not token chunks; build it with --chunk-tokens M"
             )
-        return load_npy(self.root / L.TOKEN_IDS), load_npy(self.root / L.TOKEN_OFFSETS)
+        return self._token_arrays
 
     def chunk_tokens(self, i: int) -> np.ndarray:
         """Token ids of chunk i (token-mode datastores)."""

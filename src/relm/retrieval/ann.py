@@ -47,9 +47,13 @@ from .ann_search import (
 from .indexes import (
     SearchResult,
     check_k,
+    check_probe,
     datastore_state,
     index_dir,
+    index_transaction,
+    is_staged,
     prepare_index_dir,
+    probe_ids,
     read_index_config,
     write_index_config,
 )
@@ -183,8 +187,7 @@ def train_sample(ds, size: int, seed: int) -> np.ndarray:
 def vector_probe(ds, n: int) -> str:
     """A fingerprint of 16 evenly spaced vectors among the first n: `add_new_vectors` refuses a
     datastore whose indexed vectors changed (rewritten or compacted) rather than appended to."""
-    ids = np.unique(np.linspace(0, n - 1, num=min(16, n)).astype(np.int64))
-    return hashlib.sha256(np.ascontiguousarray(ds.embeddings(ids)).tobytes()).hexdigest()[:16]
+    return hashlib.sha256(np.ascontiguousarray(ds.embeddings(probe_ids(n))).tobytes()).hexdigest()[:16]
 
 
 def _seed(index, seed: int) -> None:
@@ -229,7 +232,14 @@ def _write_index(index, path: Path) -> None:
 def build_ann_index(
     ds, name: str, config: AnnConfig = AnnConfig(), *, overwrite: bool = False, show_progress: bool | None = None
 ) -> AnnIndex:
-    """Train and fill a faiss index over every datastore vector; saved as DS/indexes/NAME/."""
+    """Train and fill a faiss index over every datastore vector; saved as DS/indexes/NAME/.
+
+    Built beside the live index of that name (which keeps serving) and swapped in by one journaled
+    commit (`index_transaction`); inside an outer transaction, built into its staging."""
+    if not is_staged(ds):
+        with index_transaction(ds) as view:
+            build_ann_index(view, name, config, overwrite=overwrite, show_progress=show_progress)
+        return AnnIndex.open(ds, name)
     faiss = _faiss()
     n, d = len(ds), ds.dim
     if n == 0:
@@ -376,6 +386,8 @@ class AnnIndex:
                 f"{path}: holds {index.ntotal:,} vectors of dimension {index.d}, its config says "
                 f"{config['ntotal']:,} of {config['dim']}; rebuild it with --overwrite"
             )
+        if check_fresh:
+            check_probe(ds, config, name, vector_probe(ds, int(config["ntotal"])))
         log.debug("opened ANN index %r (%s, %s)", name, config["factory"], mode)
         return cls(ds, name, config, index, mode, refine_in_memory=refine_in_memory)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .ann import INDEX_FILE, KIND, AnnIndex
 from .exact import exact_search
-from .indexes import check_k, index_dir, write_index_config
+from .indexes import check_k, index_dir, index_transaction, is_staged, stage_copy, write_index_config
 from .topk import PAD_ID
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,13 @@ def tune_ann_index(
 
     Each chain of settings (rising cost) stops once it reaches the target, once it is slower than
     the fastest setting already reaching it, or once recall stops improving.
+    The new config is staged beside the live index and committed by one journal.
     """
     k = check_k(k)
+    if not is_staged(ds):
+        with index_transaction(ds) as view:
+            stage_copy(ds, view, name)
+            return tune_ann_index(view, name, target_recall=target_recall, k=k, n_queries=n_queries, seed=seed)
     t_start = time.perf_counter()
     index = AnnIndex.open(ds, name)
     query_ids, queries = sample_queries(ds, n_queries, seed)

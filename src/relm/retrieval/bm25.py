@@ -41,9 +41,13 @@ from .indexes import (
     SearchResult,
     check_k,
     check_name,
+    check_probe,
     datastore_state,
     index_dir,
+    index_transaction,
+    is_staged,
     prepare_index_dir,
+    probe_ids,
     read_index_config,
     write_index_config,
 )
@@ -160,6 +164,11 @@ def build_bm25_index(
     n = len(ds)
     if n == 0:
         raise DatastoreError(f"{ds.root}: the datastore has no passages to index")
+    if not is_staged(ds):  # built beside the live index and swapped in by one journaled commit
+        with index_transaction(ds) as view:
+            index = build_bm25_index(view, name, config, overwrite=overwrite, show_progress=show_progress)
+        index.ds, index.meta = ds, read_index_config(ds, name, kind=INDEX_TYPE)
+        return index
     if n > MAX_PASSAGES:
         raise ConfigError(f"bm25s indexes at most {MAX_PASSAGES:,} passages; the datastore has {n:,}")
     tokenizer = make_tokenizer(config)  # before touching the directory: a bad stemmer name leaves no trace
@@ -197,6 +206,7 @@ def build_bm25_index(
         "stage_seconds": seconds,
         "library": _library_versions(),
         "datastore": bm25_state(ds),
+        "probe": text_probe(ds, n),
     }
     write_index_config(path, meta)
     log.info(
@@ -215,6 +225,16 @@ def _index(corpus_ids: list[list[int]], vocab: dict[str, int], config: BM25Confi
     # a copy: bm25s adds its "" token to the dict it is given, and the tokenizer's must stay as it is
     retriever.index((corpus_ids, dict(vocab)), show_progress=show, leave_progress=False)
     return retriever
+
+
+def text_probe(ds, n: int) -> str:
+    """A fingerprint of 16 evenly spaced passages' text among the first n (see `check_probe`)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in probe_ids(n):
+        h.update(ds.passage(int(i)).encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
 
 
 def bm25_state(ds) -> dict[str, Any]:
@@ -264,6 +284,7 @@ class BM25Index:
         except (OSError, ValueError) as e:
             raise DatastoreError(f"{path}: damaged BM25 index ({e}); rebuild it with overwrite") from None
         _check_consistent(path, meta, retriever, tokenizer)
+        check_probe(ds, meta, name, text_probe(ds, int(meta["counts"]["passages"])))
         _plain_views(retriever.scores)
         return cls(ds, name, meta, retriever, tokenizer)
 

@@ -13,8 +13,10 @@ may be returned.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,53 @@ def check_name(name: str) -> str:
 
 
 def index_dir(ds, name: str) -> Path:
+    """Where index NAME of `ds` is read and written: DS/indexes/NAME, or its staged copy in a writer's view."""
+    return Path(getattr(ds, "index_root", Path(ds.root) / INDEXES_DIR)) / check_name(name)
+
+
+def live_index_dir(ds, name: str) -> Path:
     return Path(ds.root) / INDEXES_DIR / check_name(name)
+
+
+def is_staged(ds) -> bool:
+    """True for a writer's view whose indexes are written to staging (inside an index transaction)."""
+    return index_dir(ds, "x").parent != Path(ds.root) / INDEXES_DIR
+
+
+@contextlib.contextmanager
+def index_transaction(ds, *, wait: bool = False) -> Iterator[Any]:
+    """Build, rebuild, tune or update indexes beside the live ones and swap them in with one journaled
+    commit (`relm.datastore.journal`). Yields a view of `ds` whose indexes live in staging; every index
+    directory staged there replaces the live one whole. Until the commit the old indexes keep serving;
+    killed before it, nothing changed. Nested inside another transaction (or an add/compact commit,
+    whose view is already staged) it yields `ds` itself and the outer commit takes the changes."""
+    from ..datastore import journal
+    from ..datastore.lock import writer_lock
+
+    if is_staged(ds):
+        yield ds
+        return
+    root = Path(ds.root)
+    with writer_lock(root, wait=wait):
+        journal.recover(root)
+        if ds.changed():
+            raise DatastoreError(f"{root} was updated by another command since it was opened; run this again")
+        stage = journal.stage_dir(root) / INDEXES_DIR
+        try:
+            yield ds.with_index_root(stage)
+        except BaseException:
+            journal.discard_stage(root)  # nothing was committed: the live indexes are untouched
+            raise
+        journal.commit_stage(root)
+
+
+def stage_copy(ds, view, name: str) -> Path:
+    """Copy live index NAME into the view's staging, to be updated there (a rename swaps it in)."""
+    src, dst = live_index_dir(ds, name), index_dir(view, name)
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return dst
 
 
 def datastore_state(ds) -> dict[str, Any]:
@@ -52,10 +100,21 @@ def datastore_state(ds) -> dict[str, Any]:
 
 
 def list_indexes(ds) -> list[dict[str, Any]]:
+    """The configs of the live indexes of `ds` (a directory without config.json is not an index)."""
     root = Path(ds.root) / INDEXES_DIR
     if not root.exists():
         return []
-    return [read_json(p / CONFIG) for p in sorted(root.iterdir()) if (p / CONFIG).exists()]
+    out = []
+    for p in sorted(root.iterdir()):
+        if (p / CONFIG).exists():
+            try:
+                config = read_json(p / CONFIG)
+            except ValueError as e:
+                raise DatastoreError(f"{p / CONFIG}: unreadable index config ({e}); rebuild the index") from e
+            if not isinstance(config, dict) or not isinstance(config.get("datastore"), dict):
+                raise DatastoreError(f"{p / CONFIG}: not an index config; rebuild the index")
+            out.append(config)
+    return out
 
 
 def write_index_config(path: Path, config: dict[str, Any]) -> None:
@@ -70,7 +129,12 @@ def read_index_config(ds, name: str, *, check_fresh: bool = True, kind: str | No
         raise DatastoreError(
             f"{ds.root}: no index named {name!r} (have: {have}); build it with `relm index {ds.root} --name {name}`"
         )
-    config = read_json(path / CONFIG)
+    try:
+        config = read_json(path / CONFIG)
+    except ValueError as e:
+        raise DatastoreError(f"{path / CONFIG}: unreadable index config ({e}); rebuild the index") from e
+    if not isinstance(config, dict) or not isinstance(config.get("datastore"), dict):
+        raise DatastoreError(f"{path / CONFIG}: not an index config; rebuild the index")
     if config.get("format_version") != INDEX_FORMAT_VERSION:
         raise DatastoreError(f"{path}: index format version {config.get('format_version')!r} is not supported")
     if kind is not None and config.get("type") != kind:
@@ -87,22 +151,45 @@ def check_fresh_state(ds, config: dict[str, Any], name: str) -> None:
         raise DatastoreError(f"index {name!r} was built for another encoder; rebuild it with --overwrite")
     if built.get("dim") is not None and built["dim"] != now["dim"]:
         raise DatastoreError(f"index {name!r} has dimension {built['dim']}, the datastore {now['dim']}; rebuild it")
+    if built["generation"] > now["generation"]:
+        raise DatastoreError(
+            f"index {name!r} is newer than this reader of {ds.root} (generation {built['generation']} vs "
+            f"{now['generation']}): the datastore was updated since it was opened; open it again "
+            "(Datastore.reopen_if_changed())"
+        )
     if built["passages"] != now["passages"] or built["generation"] != now["generation"]:
         raise DatastoreError(
             f"index {name!r} is older than the datastore (built at {built['passages']:,} passages, "
             f"generation {built['generation']}; now {now['passages']:,}, generation {now['generation']}); "
-            f"rebuild it with `relm index {ds.root} --name {name} --overwrite`"
+            f"bring it up to date with `relm index {ds.root} --refresh`"
         )
 
 
 def prepare_index_dir(ds, name: str, overwrite: bool) -> Path:
+    """An empty directory for index NAME (in staging inside a transaction): an existing live index is
+    kept unless `overwrite`; a directory without config.json is an unfinished build and is replaced."""
+    if (live_index_dir(ds, name) / CONFIG).exists() and not overwrite:
+        raise DatastoreError(f"index {name!r} exists in {ds.root}; pass --overwrite to rebuild it")
     path = index_dir(ds, name)
     if path.exists():
-        if (path / CONFIG).exists() and not overwrite:
-            raise DatastoreError(f"index {name!r} exists in {ds.root}; pass --overwrite to rebuild it")
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def probe_ids(n: int) -> np.ndarray:
+    """16 evenly spaced passage ids among the first n: what an index's probe fingerprints."""
+    return np.unique(np.linspace(0, n - 1, num=min(16, n)).astype(np.int64)) if n else np.zeros(0, np.int64)
+
+
+def check_probe(ds, config: dict[str, Any], name: str, probe: str) -> None:
+    """Refuse an index whose recorded probe does not match this datastore's data (e.g. copied from another)."""
+    if config.get("probe") is not None and config["probe"] != probe:
+        raise DatastoreError(
+            f"index {name!r} in {ds.root} was not built from this datastore's passages (its probe does not "
+            f"match: copied from another datastore?); rebuild it with `relm index {ds.root} --name {name} "
+            "--overwrite`"
+        )
 
 
 def check_k(k: int) -> int:

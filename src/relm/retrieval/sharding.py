@@ -18,6 +18,7 @@ order faiss gives passages tied at exactly the k-th score.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,15 +26,25 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import load_npy, read_json, save_npy_atomic
-from ..errors import ConfigError
+from ..errors import ConfigError, DatastoreError
 from .indexes import (
     check_k,
+    check_probe,
     datastore_state,
+    index_dir,
+    index_transaction,
+    is_staged,
     prepare_index_dir,
     read_index_config,
     write_index_config,
 )
 from .topk import PAD_ID, merge_topk
+
+
+def vector_probe(ds, n: int) -> str:
+    from .ann import vector_probe as probe  # ann imports faiss; keep this module's import light
+
+    return probe(ds, n)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +144,8 @@ class LocalShard:
 
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         tmp.replace(path)
 
     @classmethod
@@ -148,12 +161,14 @@ class ShardedIndex:
 
     @property
     def path(self) -> Path:
-        return Path(self.ds.root) / "indexes" / self.name
+        return index_dir(self.ds, self.name)
 
     @classmethod
     def open(cls, ds, name: str, *, check_fresh: bool = True) -> ShardedIndex:
         config = read_index_config(ds, name, check_fresh=check_fresh, kind="sharded")
-        path = Path(ds.root) / "indexes" / name
+        path = index_dir(ds, name)
+        if check_fresh:
+            check_probe(ds, config, name, vector_probe(ds, int(config["datastore"]["passages"])))
         shards = [LocalShard.load(path / f"shard-{s:04d}.faiss") for s in range(config["n_shards"])]
         routing = load_npy(path / "routing.npy", mmap=False) if (path / "routing.npy").exists() else None
         return cls(ds, name, config, shards, routing)
@@ -189,15 +204,46 @@ class ShardedIndex:
         return out
 
     def add_new_vectors(self) -> int:
-        """Assign and add passages [ntotal, len(ds)) after `relm add`; no retraining."""
+        """Assign and add passages [ntotal, len(ds)) after `relm add`; no retraining. Domain shards
+        gain a shard for each domain that appeared since the build."""
         start = int(self.config["datastore"]["passages"])
+        if self.config["partition"]["by"] == "domain" and len(self.ds.domains) > len(self.shards):
+            self._add_domain_shards(start)
         added = _assign_and_add(self.ds, self.shards, self.config, self.routing, start)
         for s, shard in enumerate(self.shards):
             shard.save(self.path / f"shard-{s:04d}.faiss")
         self.config["datastore"] = datastore_state(self.ds)
         self.config["shard_sizes"] = [int(sh.index.ntotal) for sh in self.shards]
+        self.config["probe"] = vector_probe(self.ds, len(self.ds))
         write_index_config(self.path, {k: v for k, v in self.config.items() if k != "format_version"})
         return added
+
+    def _add_domain_shards(self, start: int) -> None:
+        """One new shard per new domain; a trainable shard factory learns on that domain's new passages."""
+        new = self.ds.domains[len(self.shards):]
+        factory = self.config["partition"]["factory"]
+        ids = np.arange(start, len(self.ds), dtype=np.int64)
+        codes = np.asarray(self.ds.doc_domain)[self.ds.doc_index[ids]] if len(ids) else np.zeros(0, np.int64)
+        for code in range(len(self.shards), len(self.ds.domains)):
+            shard = LocalShard.create(self.ds.dim, factory)
+            if not shard.index.is_trained:
+                mine = ids[codes == code]
+                try:
+                    shard.train(_vectors_of(self.ds, mine))
+                except RuntimeError as e:
+                    raise ConfigError(
+                        f"index {self.name!r} (domain shards of {factory}) cannot train a shard for the new domain "
+                        f"{self.ds.domains[code]!r} on its {len(mine)} passages ({e}); remove the index "
+                        f"(`relm index {self.ds.root} --remove {self.name}`) and build it again after the add"
+                    ) from e
+            self.shards.append(shard)
+        self.config["n_shards"] = len(self.shards)
+        self.config["shard_names"] = [*self.config["shard_names"], *new]
+        log.info("index %s: new domain shard(s) %s", self.name, new)
+
+
+def _vectors_of(ds, ids: np.ndarray) -> np.ndarray:
+    return ds.embeddings(ids).astype(np.float32)
 
 
 def _vectors(ds, start: int, stop: int) -> np.ndarray:
@@ -221,7 +267,7 @@ def _assign_and_add(ds, shards, config, routing, start: int) -> int:
         vectors = _vectors(ds, b0, b1)
         where = _assignment(ds, config, routing, ids, vectors)
         if where.max(initial=0) >= len(shards):
-            raise ConfigError("a new domain appeared since the domain shards were built; rebuild the index")
+            raise DatastoreError(f"internal: passage assigned to shard {where.max()} of {len(shards)}")
         for s in np.unique(where):
             sel = where == s
             shards[s].add(ids[sel], vectors[sel])
@@ -230,6 +276,11 @@ def _assign_and_add(ds, shards, config, routing, start: int) -> int:
 
 
 def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, overwrite: bool = False) -> ShardedIndex:
+    """Partition, train and fill the shards; built beside the live index and swapped in by one commit."""
+    if not is_staged(ds):
+        with index_transaction(ds) as view:
+            build_sharded_index(view, name, config, overwrite=overwrite)
+        return ShardedIndex.open(ds, name)
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     n_shards = len(ds.domains) if config.by == "domain" else config.n_shards
@@ -269,7 +320,9 @@ def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, o
         "shard_sizes": [int(sh.index.ntotal) for sh in shards],
         "build_seconds": time.perf_counter() - t0,
         "datastore": datastore_state(ds),
+        "probe": vector_probe(ds, len(ds)),
     }
     write_index_config(path, config_json)
     log.info("sharded index %s: %d shards, sizes %s", name, n_shards, config_json["shard_sizes"])
     return ShardedIndex(ds, name, read_json(path / "config.json"), shards, routing)
+

@@ -1,13 +1,16 @@
 """RETRO runs on disk: building the model a run trains, loading a finished run, and the streams it reads.
 
-A run directory holds `state.json` (the model and training configs, the step, the history and, for a
-retrofit, the base LM spec), `model.safetensors` (the trainable parameters) and `optimizer.safetensors`.
-A retrofit's frozen base weights are not copied: loading reads them from the base LM again.
+A run directory holds `checkpoint.json`, which names the live checkpoint `checkpoints/step-NNNNNNN/` and
+the size and sha256 of its files: `state.json` (the model and training configs, the step, the history and,
+for a retrofit, the base LM spec), `model.safetensors` (the trainable parameters) and
+`optimizer.safetensors` (see relm.retro.train.write_checkpoint: a checkpoint is swapped in as one unit).
+`OUT/state.json` is a copy of the live state for people and scripts. Runs in the earlier flat layout
+(those three files directly in the run directory) still load. A retrofit's frozen base weights are not
+copied: loading reads them from the base LM again.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +49,28 @@ def lm_tokenizer_fingerprint(lm) -> str:
 
 
 def load_run(run: str | Path) -> tuple[RetroModel, dict[str, Any]]:
-    """The trained model of a run directory and its state."""
-    from safetensors.torch import load_file
+    """The trained model of a run directory and its state (read from the checkpoint that checkpoint.json
+    names; a missing, truncated or garbled file raises ConfigError naming it). Never writes to `run`."""
+    from .train import CHECKPOINT, read_checkpoint
 
     run = Path(run)
-    if not (run / "state.json").exists():
-        raise ConfigError(f"{run}: not a RETRO run (no state.json); train one with `relm retro train`")
-    state = json.loads((run / "state.json").read_text())
-    config = RetroConfig.from_dict(state["model"])
+    ck = read_checkpoint(run)
+    if ck is None:
+        what = "no such directory" if not run.is_dir() else f"no {CHECKPOINT}"
+        raise ConfigError(f"{run}: not a RETRO run ({what}); train one with `relm retro train`")
+    state = ck.state
+    try:
+        config = RetroConfig.from_dict(state["model"])
+    except (ConfigError, TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{ck.dir / 'state.json'}: its model config cannot be read ({e}); the run is damaged: "
+                          "train it again") from None
     if state.get("base"):
         model, _ = retrofit_model(state["base"], **{k: config.to_dict()[k] for k in RETRIEVAL_FIELDS})
         if model.config.to_dict() != config.to_dict():
             raise ConfigError(f"{run}: the base LM {state['base']!r} no longer matches the run's model config")
     else:
         model = RetroModel(config)
-    weights = load_file(str(run / "model.safetensors"))
+    weights = ck.tensors("model.safetensors")
     params = dict(model.named_parameters())
     unknown = set(weights) - set(params)
     if unknown:
@@ -69,6 +79,9 @@ def load_run(run: str | Path) -> tuple[RetroModel, dict[str, Any]]:
 
     with torch.no_grad():
         for name, w in weights.items():
+            if w.shape != params[name].shape:
+                raise ConfigError(f"{ck.dir / 'model.safetensors'}: {name} has shape {tuple(w.shape)}, the "
+                                  f"model config says {tuple(params[name].shape)}; the run is damaged")
             params[name].copy_(w.to(params[name].dtype))
     model.eval()
     return model, state

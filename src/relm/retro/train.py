@@ -14,10 +14,12 @@ run on this CPU-only machine; they follow the PyTorch recipes and are kept behin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,6 +108,233 @@ def pick_device(device: str) -> str:
     return device
 
 
+# -- checkpoints on disk ---------------------------------------------------------------------------------
+# A checkpoint is one unit swapped in atomically:
+#
+#   OUT/checkpoints/step-NNNNNNN/{model.safetensors, optimizer.safetensors, state.json}
+#   OUT/checkpoint.json   {"format", "step", "dir": "checkpoints/step-NNNNNNN", "files": {name: {size, sha256}}}
+#   OUT/state.json        a copy of the live state.json for people and scripts (never read back when
+#                         checkpoint.json exists; after a crash it may lag one checkpoint behind)
+#
+# The step directory is written first (each file to NAME.tmp, fsynced, renamed; then the directory
+# fsynced); os.replace of checkpoint.json is the commit; older step directories are removed after it.
+# A kill at any point leaves checkpoint.json naming either the previous complete checkpoint or the new
+# one. Readers use only what checkpoint.json names and check each file's size and hash. A run directory in
+# the earlier flat layout (state.json beside model.safetensors, no checkpoint.json) is still read.
+
+CHECKPOINT = "checkpoint.json"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_FORMAT = "relm-retro-checkpoint/1"
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+_STEP_DIR = re.compile(r"step-\d{7,}(-\d+)?")
+
+
+def _damaged(path: Path, problem: str) -> ConfigError:
+    run = path.parent.parent.parent if path.parent.parent.name == CHECKPOINTS else path.parent
+    return ConfigError(f"{path}: {problem}; the run is damaged: train it again (delete {run} or pass another "
+                       "--out), or restore the run directory from a copy")
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync elsewhere
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> dict[str, Any]:
+    """`data` to path (via path.tmp, fsynced, renamed); its size and sha256."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -r with one os.remove / os.rmdir per entry on full paths (no fd-relative calls)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    for dirpath, dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            os.remove(os.path.join(dirpath, name))
+        for name in dirnames:
+            full = os.path.join(dirpath, name)
+            os.remove(full) if os.path.islink(full) else os.rmdir(full)
+    os.rmdir(path)
+
+
+def _live_dir(out: Path) -> str | None:
+    """The step directory checkpoint.json names (None when it is missing or unreadable)."""
+    try:
+        pointer = json.loads((out / CHECKPOINT).read_text(encoding="utf-8"))
+        return Path(pointer["dir"]).name
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def write_checkpoint(out: str | Path, step: int, files: dict[str, bytes]) -> Path:
+    """Write `files` as the checkpoint of `step` in run directory `out` and make it the live one
+    atomically (the layout above); returns its step directory."""
+    out = Path(out)
+    root = out / CHECKPOINTS
+    name = f"step-{step:07d}"
+    if _live_dir(out) == name:  # the same step saved again (a run restarted without resume): a new name
+        name += "-2"
+    target = root / name
+    if not root.is_dir():
+        root.mkdir(parents=True)
+    if target.exists() or target.is_symlink():  # left by an interrupted save: never named by checkpoint.json
+        _remove_tree(target)
+    target.mkdir()
+    entries = {fname: _write_durable(target / fname, data) for fname, data in files.items()}
+    _fsync_dir(target)
+    _fsync_dir(root)
+    pointer = {"format": CHECKPOINT_FORMAT, "step": step, "dir": f"{CHECKPOINTS}/{name}", "files": entries}
+    _write_durable(out / CHECKPOINT, (json.dumps(pointer, indent=2) + "\n").encode())  # the commit
+    _fsync_dir(out)
+    if "state.json" in files:
+        _write_durable(out / "state.json", files["state.json"])
+    remove_stray_checkpoints(out, name)
+    return target
+
+
+def remove_stray_checkpoints(out: str | Path, keep: Checkpoint | str | None) -> None:
+    """Remove what no checkpoint.json names: other step directories, temporary files of an interrupted
+    save, and (once checkpoint.json exists) the flat-layout weights it supersedes."""
+    out = Path(out)
+    if isinstance(keep, Checkpoint):
+        if keep.files is None:  # the flat layout: its files are the live checkpoint
+            return
+        keep = keep.dir.name
+    root = out / CHECKPOINTS
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if entry.name != keep:
+                _remove_tree(entry)
+    if keep is not None:
+        for fname in ("model.safetensors", "optimizer.safetensors"):
+            if (out / fname).exists():
+                os.remove(out / fname)
+    for fname in (CHECKPOINT + ".tmp", "state.json.tmp"):
+        if (out / fname).exists():
+            os.remove(out / fname)
+
+
+@dataclass
+class Checkpoint:
+    """The live checkpoint of a run directory: where its files are, their sizes and hashes (None for a run
+    in the flat layout) and its parsed state."""
+
+    run: Path
+    dir: Path
+    files: dict[str, dict[str, Any]] | None
+    state: dict[str, Any]
+
+    def read_bytes(self, name: str) -> bytes:
+        path = self.dir / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise _damaged(path, "missing") from None
+        except OSError as e:
+            raise _damaged(path, f"cannot be read ({e.strerror or e})") from None
+        if self.files is not None:
+            want = self.files[name]
+            if len(data) != want["size"]:
+                raise _damaged(path, f"{len(data):,} bytes where {CHECKPOINT} records {want['size']:,} "
+                                     f"({'truncated' if len(data) < want['size'] else 'overwritten'})")
+            if hashlib.sha256(data).hexdigest() != want["sha256"]:
+                raise _damaged(path, f"its sha256 differs from the one {CHECKPOINT} records (the file was "
+                                     "changed or corrupted)")
+        return data
+
+    def tensors(self, name: str) -> dict[str, Any]:
+        from safetensors.torch import load
+
+        data = self.read_bytes(name)
+        try:
+            return load(data)
+        except Exception as e:  # SafetensorError and kin: the bytes are not a safetensors file
+            raise _damaged(self.dir / name, f"truncated or not a safetensors file ({e})") from None
+
+
+def _read_json_object(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    try:
+        if data is None:
+            data = path.read_bytes()
+        obj = json.loads(data.decode("utf-8"))
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    except OSError as e:
+        raise _damaged(path, f"cannot be read ({e.strerror or e})") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise _damaged(path, f"truncated or not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        raise _damaged(path, f"holds {kind}, not a JSON object")
+    return obj
+
+
+def _check_state(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    for key, kind in (("step", int), ("history", list), ("train", dict), ("model", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise _damaged(path, f"its {key!r} is missing or not of type {kind.__name__}")
+    return state
+
+
+def read_checkpoint(out: str | Path) -> Checkpoint | None:
+    """The live checkpoint of run directory `out`: the one checkpoint.json names (sizes checked, state.json's
+    hash checked), or a flat-layout run's files; None when `out` holds no checkpoint. A damaged one raises
+    ConfigError naming the file."""
+    out = Path(out)
+    pointer_path = out / CHECKPOINT
+    if pointer_path.exists():
+        pointer = _read_json_object(pointer_path)
+        if pointer.get("format") != CHECKPOINT_FORMAT:
+            raise _damaged(pointer_path, f"format {pointer.get('format')!r}, not {CHECKPOINT_FORMAT!r} (written by "
+                                         "another relm version?)")
+        where, files = pointer.get("dir"), pointer.get("files")
+        if not isinstance(where, str) or Path(where).parent != Path(CHECKPOINTS) or \
+                not _STEP_DIR.fullmatch(Path(where).name):
+            raise _damaged(pointer_path, f"'dir' is {where!r}, not {CHECKPOINTS}/step-NNNNNNN")
+        if not isinstance(files, dict) or set(files) != set(CHECKPOINT_FILES) or not all(
+                isinstance(f, dict) and isinstance(f.get("size"), int) and isinstance(f.get("sha256"), str)
+                for f in files.values()):
+            raise _damaged(pointer_path, f"'files' does not list {', '.join(CHECKPOINT_FILES)} with size and sha256")
+        ck = Checkpoint(out, out / where, files, {})
+        for fname in CHECKPOINT_FILES:  # every file is there, whole, before anything is read
+            path = ck.dir / fname
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise _damaged(path, f"missing (named by {pointer_path})") from None
+            if size != files[fname]["size"]:
+                raise _damaged(path, f"{size:,} bytes where {CHECKPOINT} records {files[fname]['size']:,} "
+                                     f"({'truncated' if size < files[fname]['size'] else 'overwritten'})")
+        state_path = ck.dir / "state.json"
+        ck.state = _check_state(state_path, _read_json_object(state_path, ck.read_bytes("state.json")))
+        if ck.state["step"] != pointer.get("step"):
+            raise _damaged(state_path, f"step {ck.state['step']} where {CHECKPOINT} records {pointer.get('step')}")
+        return ck
+    if (out / "state.json").exists():
+        if not (out / "model.safetensors").exists():
+            if (out / CHECKPOINTS).is_dir():  # state.json is then the copy; the pointer is what went
+                raise _damaged(pointer_path, f"missing, though {out / CHECKPOINTS} exists: nothing names the "
+                                             "live checkpoint")
+            raise _damaged(out / "model.safetensors", "missing (the run has state.json)")
+        # the flat layout of earlier versions (any checkpoints/ beside it is an interrupted first new save)
+        state = _check_state(out / "state.json", _read_json_object(out / "state.json"))
+        return Checkpoint(out, out, None, state)
+    return None
+
+
 class Trainer:
     """Owns the optimizer, the schedule and the checkpoint directory of one run."""
 
@@ -149,13 +378,11 @@ class Trainer:
         return {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def save(self) -> Path:
-        from safetensors.torch import save_file
+        """Write the current step as one checkpoint (see write_checkpoint); only rank 0 writes."""
+        from safetensors.torch import save as to_bytes
 
         if self.rank:
             return self.out
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        save_file(self.trainable_state(), str(tmp / "model.safetensors"))
         opt = {}
         names = {id(p): n for n, p in self.model.named_parameters()}
         for group in self.optimizer.param_groups:
@@ -163,36 +390,37 @@ class Trainer:
                 for key, value in self.optimizer.state.get(p, {}).items():
                     opt[f"{names[id(p)]}::{key}"] = value.detach().cpu().reshape(-1) if value.dim() else \
                         value.detach().cpu().reshape(1)
-        save_file(opt, str(tmp / "optimizer.safetensors"))
         state = {"step": self.step, "history": self.history, "train": asdict(self.cfg),
                  "model": self.model.config.to_dict(), **self.extra_config}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        self.out.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
-            os.replace(tmp / name, self.out / name)  # state.json last: it names the step the others hold
-        tmp.rmdir()
+        write_checkpoint(self.out, self.step, {
+            "model.safetensors": to_bytes(self.trainable_state()),
+            "optimizer.safetensors": to_bytes(opt),
+            "state.json": (json.dumps(state, indent=2) + "\n").encode(),
+        })
         return self.out
 
     def resume(self) -> bool:
-        """Load the checkpoint in `out` if there is one (refusing one from another model config)."""
+        """Load the checkpoint that `out/checkpoint.json` names, if there is one (refusing one from another
+        model config, or a damaged one, with a ConfigError naming the file)."""
         import torch
-        from safetensors.torch import load_file
 
-        state_path = self.out / "state.json"
-        if not state_path.exists():
+        ck = read_checkpoint(self.out)
+        if not self.rank:
+            remove_stray_checkpoints(self.out, ck)
+        if ck is None:
             return False
-        state = json.loads(state_path.read_text())
+        state = ck.state
         if state["model"] != self.model.config.to_dict():
             raise ConfigError(f"{self.out}: the checkpoint is from another model config; use another --out")
-        weights = load_file(str(self.out / "model.safetensors"))
+        weights = ck.tensors("model.safetensors")
         missing = {n for n, p in self.model.named_parameters() if p.requires_grad} - set(weights)
         if missing:
             raise ConfigError(f"{self.out}: checkpoint lacks {sorted(missing)[:3]}...; it is not from this run")
+        opt = ck.tensors("optimizer.safetensors")
         with torch.no_grad():
             params = dict(self.model.named_parameters())
             for n, w in weights.items():
                 params[n].copy_(w.to(params[n].device, params[n].dtype))
-        opt = load_file(str(self.out / "optimizer.safetensors"))
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 name = next(n for n, q in params.items() if q is p)
