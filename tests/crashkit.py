@@ -32,7 +32,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _CTX = None
 
 # keys whose values are wall-clock measurements, not content: dropped before files are compared
-TIMING_KEYS = re.compile(r"^(seconds|.*_per_s|peak_rss_mb|resumed_shards|encoded_passages|throughput)$")
+TIMING_KEYS = re.compile(r"^(.*seconds|.*_per_s|peak_rss_mb|resumed_shards|encoded_passages|throughput)$")
 
 
 @dataclass

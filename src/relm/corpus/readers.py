@@ -13,6 +13,7 @@ stops the read with an `InputError` naming the file and line; with
 from __future__ import annotations
 
 import codecs
+import fnmatch
 import glob
 import gzip
 import io
@@ -113,19 +114,12 @@ def resolve_inputs(paths: list[str | os.PathLike], config: ReaderConfig = Reader
             label = config.domains[0] if len(config.domains) == 1 else config.domains[i]
         raw = str(raw)
         if glob.has_magic(raw):
-            matches = sorted(glob.glob(raw, recursive=True))
-            if not matches:
+            if "**" in Path(raw).parts:
+                candidates = _recursive_glob(raw, config)
+            else:  # a glob may match directories: read them whole
+                candidates = _walk([Path(m) for m in sorted(glob.glob(raw))], config)
+            if not candidates:
                 raise InputError(raw, None, "missing", "glob matches no file")
-            candidates = []
-            for m in map(Path, matches):  # a glob may match directories: read them like directories
-                if m.is_dir():
-                    candidates += walk_directory(m, config)
-                elif m.is_file():
-                    candidates.append(m)
-                elif m.is_symlink():
-                    log.warning("%s: skipped a broken symbolic link (it points to %s)", m, os.readlink(m))
-            # `dir/**` matches a directory and the files in it: read each file once
-            candidates = list(dict.fromkeys(candidates))
             explicit = False
         else:
             p = Path(raw)
@@ -168,16 +162,55 @@ def walk_directory(root: Path, config: ReaderConfig = ReaderConfig()) -> list[Pa
     to something already listed is skipped with a warning naming both paths, and so is a broken
     link. A directory that cannot be listed is an InputError (with `on_error="skip"`: a warning).
     """
-    seen_dirs = {os.path.realpath(root): root}
+    return _walk([root], config, top=False)
+
+
+def _walk(paths: list[Path], config: ReaderConfig, *, top: bool = True) -> list[Path]:
+    """The files of `paths` (files and directories, as if listed in one directory when `top`) and of
+    every directory below them; see `walk_directory`."""
+    seen_dirs: dict[str, Path] = {}
     files: dict[str, tuple[bool, Path]] = {}  # real path -> (reached through a link, path)
-    pending: list[tuple[Path, bool]] = [(root, False)]
-    links: list[Path] = []  # symlinked directories, walked after every real one
+    pending: list[tuple[Path, bool]] = []  # directories to list, depth first
+    links: list[tuple[Path, Path]] = []  # (symlinked directory, its parent): walked after every real one
+
+    def consider(path: Path, parent: Path, via_link: bool, is_dir: bool, is_file: bool, is_link: bool,
+                 subdirs: list) -> None:
+        if is_dir and is_link:
+            links.append((path, parent))
+        elif is_dir:
+            real = os.path.realpath(path)
+            if real in seen_dirs:  # a bind mount, or a glob naming one directory twice: still read once
+                log.warning("%s: skipped, it is the same directory as %s (already read)", path, seen_dirs[real])
+                return
+            seen_dirs[real] = path
+            subdirs.append((path, via_link))
+        elif is_file:
+            real = os.path.realpath(path)
+            mine = (via_link or is_link, path)
+            other = files.get(real)
+            if other is None:
+                files[real] = mine
+            elif other[1] != path:  # one file under two names: keep the real path over one through a link
+                keep, drop = (mine, other) if mine[0] < other[0] else (other, mine)
+                files[real] = keep
+                log.warning("%s: skipped, it is the same file as %s (read once)", drop[1], keep[1])
+        elif is_link:
+            log.warning("%s: skipped a broken symbolic link (it points to %s)", path, os.readlink(path))
+
+    if top:
+        subdirs: list[tuple[Path, bool]] = []
+        for path in paths:
+            consider(path, path.parent, False, path.is_dir(), path.is_file(), path.is_symlink(), subdirs)
+        pending.extend(reversed(subdirs))
+    else:
+        seen_dirs[os.path.realpath(paths[0])] = paths[0]
+        pending.append((paths[0], False))
     while pending or links:
         if not pending:
-            link = links.pop(0)
+            link, parent = links.pop(0)
             real = os.path.realpath(link)
             if real in seen_dirs:
-                why = "a symbolic link loop" if _is_ancestor(real, link.parent) else "already read"
+                why = "a symbolic link loop" if _is_ancestor(real, parent) else "already read"
                 log.warning("%s: skipped, it is the same directory as %s (%s)", link, seen_dirs[real], why)
                 continue
             seen_dirs[real] = link
@@ -197,35 +230,36 @@ def walk_directory(root: Path, config: ReaderConfig = ReaderConfig()) -> list[Pa
         for e in entries:
             if e.name.startswith("."):
                 continue
-            path = Path(e.path)
             try:
                 is_dir, is_file, is_link = e.is_dir(), e.is_file(), e.is_symlink()  # dir/file follow links
             except OSError:
-                is_dir = is_file = False
-                is_link = True
-            if is_dir and is_link:
-                links.append(path)
-            elif is_dir:
-                real = os.path.realpath(path)
-                if real in seen_dirs:  # a bind mount or the like: still read once
-                    log.warning("%s: skipped, it is the same directory as %s (already read)", path, seen_dirs[real])
-                    continue
-                seen_dirs[real] = path
-                subdirs.append((path, via_link))
-            elif is_file:
-                real = os.path.realpath(path)
-                mine = (via_link or is_link, path)
-                other = files.get(real)
-                if other is None:
-                    files[real] = mine
-                else:  # one file under two names: keep the real path over the one through a link
-                    keep, drop = (mine, other) if mine[0] < other[0] else (other, mine)
-                    files[real] = keep
-                    log.warning("%s: skipped, it is the same file as %s (read once)", drop[1], keep[1])
-            elif is_link:
-                log.warning("%s: skipped a broken symbolic link (it points to %s)", path, os.readlink(path))
-        pending.extend(reversed(subdirs))  # depth first, in name order
+                is_dir, is_file, is_link = False, False, True
+            consider(Path(e.path), d, via_link, is_dir, is_file, is_link, subdirs)
+        pending.extend(reversed(subdirs))
     return sorted(path for _, path in files.values())
+
+
+def _recursive_glob(pattern: str, config: ReaderConfig) -> list[Path]:
+    """Files matching a pattern with a `**` segment (zero or more directories), found with
+    `walk_directory` from the pattern's literal prefix, so symbolic link loops cannot make it run
+    forever (glob.glob(recursive=True) follows them without a guard). As with a glob that matches a
+    directory, a matching directory is read whole."""
+    parts = Path(pattern).parts
+    cut = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base, pats = Path(*parts[:cut]) if cut else Path("."), parts[cut:]
+    if not base.is_dir():
+        return []
+    return [f for f in walk_directory(base, config)
+            if any(_match(f.relative_to(base).parts[:n], pats) for n in range(1, len(f.relative_to(base).parts) + 1))]
+
+
+def _match(parts: tuple[str, ...], pats: tuple[str, ...]) -> bool:
+    """glob semantics on path segments: `**` is any number of segments, other segments are fnmatch."""
+    if not pats:
+        return not parts
+    if pats[0] == "**":
+        return any(_match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and _match(parts[1:], pats[1:])
 
 
 def _is_ancestor(real: str, directory: Path) -> bool:
