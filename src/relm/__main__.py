@@ -1,6 +1,5 @@
-import sys
+"""`python -m relm ...`: the same as the `relm` command."""
 
 from .cli import entry_point
 
-if __name__ == "__main__":
-    sys.exit(entry_point())
+raise SystemExit(entry_point())

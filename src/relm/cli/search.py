@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -42,13 +43,15 @@ def register(sub) -> None:
     r.add_argument("--refine", type=int, dest="refine_factor", help="ann: exact re-score of k x REFINE")
     r.add_argument("--probe-shards", type=int, help="sharded: search only the N nearest shards")
     f = p.add_argument_group("filters")
-    f.add_argument("--before", help="only documents dated before this (ISO 8601 or epoch seconds)")
-    f.add_argument("--after", help="only documents dated at or after this")
+    f.add_argument("--before", metavar="TIME",
+                   help="only documents dated before this: ISO 8601 (2020-01-31) or epoch seconds "
+                   "(negative before 1970: --before -86400, or --before=-1e9 with an exponent)")
+    f.add_argument("--after", metavar="TIME", help="only documents dated at or after this (same formats)")
     f.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
-    f.add_argument("--threshold", type=float, help="drop hits scoring below this")
+    f.add_argument("--threshold", type=float, help="drop hits scoring below this (a finite number)")
     f.add_argument("--adaptive-k", type=float, metavar="GAP",
-                   help="cut each list at its largest score drop when that drop exceeds GAP")
-    f.add_argument("--cache-mb", type=float, default=0, help="LRU result cache size for batches (0: off)")
+                   help="cut each list at its largest score drop when that drop exceeds GAP (>= 0)")
+    f.add_argument("--cache-mb", type=float, default=0, help="LRU result cache size for batches (>= 0; 0: off)")
     p.set_defaults(run=run)
 
 
@@ -68,9 +71,11 @@ def read_queries(path: str) -> list[tuple[str, str]]:
             continue
         if p.suffix == ".jsonl":
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, parse_constant=_no_constant)
             except json.JSONDecodeError as e:
                 raise InputError(path, n, "bad_json", f"malformed JSON ({e.msg})") from e
+            except ValueError as e:
+                raise InputError(path, n, "bad_json", f"{e} is not valid JSON; write null or a number") from e
             text = obj.get("query", obj.get("text")) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 raise InputError(path, n, "missing_text", "expected an object with a 'query' or 'text' string")
@@ -87,13 +92,37 @@ def read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def run(args) -> int:
-    from ..datastore import Datastore
+def check_args(args) -> tuple[int | None, int | None]:
+    """Every flag checked before the datastore is opened; returns the (--before, --after) bounds."""
+    from ..config import check_float, check_int
 
     if (args.query is None) == (args.queries is None):
         raise ConfigError("give either a QUERY or --queries FILE")
     if args.k <= 0:
         raise ConfigError(f"-k must be a positive integer, got {args.k}")
+    check_int(args.batch_size, "--batch-size", minimum=1)
+    check_int(args.candidates, "--candidates", minimum=1)
+    check_float(args.alpha, "--alpha", minimum=0, maximum=1)
+    for flag, value in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search),
+                        ("--refine", args.refine_factor), ("--probe-shards", args.probe_shards)):
+        check_int(value, flag, minimum=1, optional=True)
+    check_float(args.threshold, "--threshold", optional=True)
+    check_float(args.adaptive_k, "--adaptive-k GAP (a score drop)", minimum=0, optional=True)
+    check_float(args.cache_mb, "--cache-mb (0: off)", minimum=0, maximum=1e6)
+    before, after = _time(args.before, "--before"), _time(args.after, "--after")
+    if before is not None and after is not None and after >= before:
+        raise ConfigError(f"--after {args.after} is not earlier than --before {args.before}: no document can match")
+    return before, after
+
+
+def _no_constant(name: str):
+    raise ValueError(name)
+
+
+def run(args) -> int:
+    from ..datastore import Datastore
+
+    before, after = check_args(args)
     from ..retrieval.retriever import make_retriever
 
     ds = Datastore.open(args.datastore)
@@ -102,11 +131,11 @@ def run(args) -> int:
         ds, args.retriever, index=args.index, bm25_index=args.bm25_index, fusion=args.fusion,
         candidates=args.candidates, alpha=args.alpha, nprobe=args.nprobe, ef_search=args.ef_search,
         refine_factor=args.refine_factor, probe_shards=args.probe_shards,
-        cache_bytes=int(args.cache_mb * 2**20),
+        cache_bytes=int(args.cache_mb * 2**20), batch_size=args.batch_size,
     )
     results = retriever.search(
         [q for _, q in queries], args.k,
-        before=_time(args.before, "--before"), after=_time(args.after, "--after"), domains=args.domain or None,
+        before=before, after=after, domains=args.domain or None,
         threshold=args.threshold, adaptive={"max_drop": args.adaptive_k} if args.adaptive_k is not None else None,
     )
     if retriever.cache is not None:
@@ -121,24 +150,47 @@ def run(args) -> int:
                 for rank, h in enumerate(hits, 1):
                     out.write(f"{qid} Q0 {h.passage_id} {rank} {h.score:.6f} {args.run_name}\n")
         else:
+            replaced = 0
             for (qid, q), hits in zip(queries, results, strict=True):
-                out.write(json.dumps({"id": qid, "query": q, "hits": [h.to_dict() for h in hits]},
-                                     ensure_ascii=False) + "\n")
+                row, n = strict_json({"id": qid, "query": q, "hits": [h.to_dict() for h in hits]})
+                replaced += n
+                out.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            if replaced:
+                print(f"warning: {replaced} NaN/inf value(s) in stored metadata written as null (JSON has no NaN)",
+                      file=sys.stderr)
     finally:
         if out is not sys.stdout:
             out.close()
     return 0
 
 
+def strict_json(value):
+    """(value with NaN/±inf floats replaced by None, how many were replaced): what `json.dumps(...,
+    allow_nan=False)` accepts. A datastore built before NaN was refused at read time may hold some."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, 1
+    if isinstance(value, dict):
+        pairs = {k: strict_json(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, sum(n for _, n in pairs.values())
+    if isinstance(value, list | tuple):
+        pairs = [strict_json(v) for v in value]
+        return [v for v, _ in pairs], sum(n for _, n in pairs)
+    return value, 0
+
+
 def _time(value: str | None, flag: str) -> int | None:
-    from ..corpus.documents import parse_timestamp
+    from ..corpus.documents import TIMESTAMP_FORMATS, parse_timestamp
 
     if value is None:
         return None
     try:
-        return parse_timestamp(value)
-    except ValueError as e:
-        raise ConfigError(f"{flag} {value!r}: {e}; use ISO 8601 (2020-01-31) or epoch seconds") from e
+        ts = parse_timestamp(value)
+    except (ValueError, OverflowError) as e:
+        hint = "" if "accepted:" in str(e) else f"; accepted: {TIMESTAMP_FORMATS}"
+        raise ConfigError(f"{flag} {value!r}: {e}{hint}") from e
+    if ts is None:
+        raise ConfigError(f"{flag} is empty; accepted: {TIMESTAMP_FORMATS}")
+    return ts
 
 
 def _print_hits(hits, out) -> None:

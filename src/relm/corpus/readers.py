@@ -19,6 +19,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 import zlib
 from collections import Counter
@@ -56,6 +57,7 @@ class ReadStats:
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)
     bytes_done: int = 0  # raw (compressed) bytes of input consumed so far
+    non_finite_nulled: int = 0  # Parquet NaN/inf values read as null (JSONL NaN is an error: not JSON)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,7 @@ class ReadStats:
             "skipped": dict(sorted(self.skipped.items())),
             "skipped_total": sum(self.skipped.values()),
             "skipped_examples": list(self.skipped_examples),
+            "non_finite_nulled": self.non_finite_nulled,
         }
 
 
@@ -388,12 +391,23 @@ def _read_jsonl(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: Read
             text = _decode(inp, lineno, line)
             if not text.strip():
                 continue  # blank lines are separators, not data
+            constants: list[str] = []
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, parse_constant=lambda c: constants.append(c) or _NON_FINITE)
             except json.JSONDecodeError as e:
                 raise InputError(
                     inp.display, lineno, "bad_json", f"malformed JSON ({e.msg} at column {e.colno})"
                 ) from e
+            if constants:  # NaN, Infinity, -Infinity: Python's json reads them, but they are not JSON
+                where = _find(obj, _NON_FINITE)
+                raise InputError(
+                    inp.display,
+                    lineno,
+                    "bad_json",
+                    f"{constants[0]} {f'in field {where!r} ' if where else ''}is not valid JSON "
+                    "(it cannot be stored or written back out); write null for a missing value, "
+                    "or pass --on-error skip",
+                )
             if not isinstance(obj, dict):
                 raise InputError(
                     inp.display, lineno, "bad_json", f"expected a JSON object, got {type(obj).__name__}"
@@ -401,6 +415,34 @@ def _read_jsonl(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: Read
             yield _document(inp, lineno, f"{inp.display}:{lineno}", obj, config)
         except InputError as e:
             _handle(e, config, stats)
+
+
+_NON_FINITE = object()  # what json.loads gives for NaN / Infinity here, to find the field
+
+
+def _find(obj: Any, target: object, path: str = "") -> str | None:
+    """The path (a.b[2]) of the first `target` in a parsed JSON value, or None."""
+    if obj is target:
+        return path or None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        found = _find(v, target, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}" if path else k)
+        if found:
+            return found
+    return None
+
+
+def _null_non_finite(value: Any) -> tuple[Any, int]:
+    """(value with NaN/±inf floats replaced by None, how many were replaced); Parquet's NaN means missing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None, 1
+    if isinstance(value, dict):
+        pairs = [(k, _null_non_finite(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, sum(n for _, (_, n) in pairs)
+    if isinstance(value, list | tuple):
+        pairs = [_null_non_finite(v) for v in value]
+        return [v for v, _ in pairs], sum(n for _, n in pairs)
+    return value, 0
 
 
 def _read_text(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: ReadStats) -> Iterator[Document]:
@@ -455,14 +497,19 @@ def _read_parquet(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: Re
             "missing_text",
             f"no column {config.text_field!r} (columns: {', '.join(columns)}); pass --text-field",
         )
-    row = 0
+    row = nulled = 0
     for batch in pf.iter_batches(batch_size=1024):
         for obj in batch.to_pylist():
             row += 1
+            obj, n = _null_non_finite(obj)  # NaN is pandas' missing value: read it as null, counted
+            nulled += n
             try:
                 yield _document(inp, row, f"{inp.display}:row {row}", obj, config)
             except InputError as e:
                 _handle(e, config, stats)
+    if nulled:
+        stats.non_finite_nulled += nulled
+        log.warning("%s: read %d NaN/inf value(s) as null (missing)", inp.display, nulled)
 
 
 def _document(inp: InputFile, line: int | None, source: str, obj: dict, config: ReaderConfig) -> Document:
@@ -500,11 +547,9 @@ def _document(inp: InputFile, line: int | None, source: str, obj: dict, config: 
     try:
         timestamp = parse_timestamp(obj.get(config.timestamp_field))
     except (ValueError, OverflowError) as e:
+        hint = "" if "accepted:" in str(e) else "; use seconds since the epoch or ISO 8601"
         raise InputError(
-            inp.display,
-            line,
-            "bad_timestamp",
-            f"field {config.timestamp_field!r}: {e}; use seconds since the epoch or ISO 8601",
+            inp.display, line, "bad_timestamp", f"field {config.timestamp_field!r}: {e}{hint}"
         ) from e
     used = {config.text_field, config.id_field, config.domain_field, config.title_field, config.timestamp_field}
     metadata = {k: _jsonable(v) for k, v in obj.items() if k not in used}

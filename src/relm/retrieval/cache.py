@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 def normalize_query(text: str) -> str:
     return " ".join(text.casefold().split())
@@ -40,8 +42,9 @@ class CacheStats:
 
 class ResultCache:
     def __init__(self, max_bytes: int = 64 << 20):
-        if max_bytes <= 0:
-            raise ValueError(f"cache size must be positive, got {max_bytes}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int | np.integer) or max_bytes <= 0:
+            raise ConfigError(f"cache size must be a positive number of bytes, got {max_bytes!r}")
+        max_bytes = int(max_bytes)
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
         self.stats = CacheStats(max_bytes=max_bytes)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from .topk import PAD_ID, topk
 
 Run = tuple[np.ndarray, np.ndarray]
@@ -82,6 +83,8 @@ def rescore(query_vectors: np.ndarray, candidates: np.ndarray, vectors_of: Calla
 
 def threshold(run: Run, min_score: float) -> Run:
     """Drop hits scoring below `min_score` (they become padding)."""
+    if isinstance(min_score, bool) or not isinstance(min_score, int | float | np.number) or not np.isfinite(min_score):
+        raise ConfigError(f"threshold must be a finite number, got {min_score!r} (NaN would drop every hit)")
     scores, ids = run
     keep = scores >= min_score
     return np.where(keep, scores, -np.inf).astype(np.float32), np.where(keep, ids, PAD_ID)
@@ -96,6 +99,12 @@ def adaptive_k(run: Run, *, min_k: int = 1, max_ratio: float = 0.0, max_drop: fl
     - `max_ratio`: keep hits whose score is at least `max_ratio` x the best score (for positive scores).
     At least `min_k` hits are always kept.
     """
+    if max_drop is not None and not (np.isfinite(max_drop) and max_drop >= 0):
+        raise ConfigError(f"adaptive max_drop must be a finite gap >= 0, got {max_drop!r}")
+    if not 0.0 <= max_ratio <= 1.0:  # NaN fails this too
+        raise ConfigError(f"adaptive max_ratio must be in [0, 1], got {max_ratio!r}")
+    if min_k < 0:
+        raise ConfigError(f"adaptive min_k must be >= 0, got {min_k!r}")
     scores, ids = run
     scores, ids = scores.copy(), ids.copy()
     for q in range(scores.shape[0]):

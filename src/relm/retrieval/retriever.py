@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import check_float, check_int
 from ..errors import ConfigError
 from .cache import ResultCache
 from .exact import exact_search
@@ -37,6 +38,7 @@ class Retriever:
 
     def __init__(self, ds, *, cache_bytes: int = 0):
         self.ds = ds
+        cache_bytes = check_int(cache_bytes, "cache_bytes (--cache-mb)", minimum=0)
         self.cache = ResultCache(cache_bytes) if cache_bytes > 0 else None
 
     # -- what subclasses provide ----------------------------------------------------------------
@@ -67,6 +69,13 @@ class Retriever:
         for q in queries:
             if not isinstance(q, str) or not q.strip():
                 raise ConfigError("empty query; give some text to search for")
+        before, after = time_bound(before, "before"), time_bound(after, "after")
+        if before is not None and after is not None and after >= before:
+            raise ConfigError(f"after ({after}) must be earlier than before ({before}): no document can match")
+        if isinstance(domains, str):
+            domains = [domains]
+        threshold = check_float(threshold, "threshold (--threshold)", optional=True)
+        adaptive = check_adaptive(adaptive)
         allowed = self.ds.allowed(before=before, after=after, domains=domains)
         run = self._cached(queries, k, (before, after, tuple(domains or ())), allowed)
         if threshold is not None:
@@ -102,12 +111,54 @@ class Retriever:
         return scores, ids
 
 
+def time_bound(value: Any, name: str) -> int | None:
+    """A `before`/`after` bound as epoch seconds: an int, a finite float (floored) or a string that
+    `parse_timestamp` reads (epoch seconds, negative before 1970, or ISO 8601)."""
+    from ..corpus.documents import TIMESTAMP_FORMATS, parse_timestamp
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str | np.integer | np.floating):
+        raise ConfigError(f"{name} must be a time ({TIMESTAMP_FORMATS}), got {value!r}")
+    try:
+        ts = parse_timestamp(value.item() if isinstance(value, np.generic) else value)
+    except (ValueError, OverflowError) as e:
+        raise ConfigError(f"{name} {value!r}: {e}") from e
+    if ts is None:
+        raise ConfigError(f"{name} is empty; give a time ({TIMESTAMP_FORMATS})")
+    return ts
+
+
+ADAPTIVE_KEYS = ("max_drop", "max_ratio", "min_k")
+
+
+def check_adaptive(adaptive: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Adaptive-k options (see fusion.adaptive_k), checked: max_drop a finite gap >= 0, max_ratio in
+    [0, 1], min_k >= 0."""
+    if adaptive is None:
+        return None
+    if not isinstance(adaptive, dict):
+        raise ConfigError(f"adaptive must be a dict with keys from {list(ADAPTIVE_KEYS)}, got {adaptive!r}")
+    unknown = sorted(set(adaptive) - set(ADAPTIVE_KEYS))
+    if unknown:
+        raise ConfigError(f"adaptive: unknown option(s) {unknown}; known: {list(ADAPTIVE_KEYS)}")
+    out = dict(adaptive)
+    if "max_drop" in out:
+        out["max_drop"] = check_float(out["max_drop"], "adaptive max_drop (--adaptive-k GAP)", minimum=0,
+                                      optional=True)
+    if "max_ratio" in out:
+        out["max_ratio"] = check_float(out["max_ratio"], "adaptive max_ratio", minimum=0, maximum=1)
+    if "min_k" in out:
+        out["min_k"] = check_int(out["min_k"], "adaptive min_k", minimum=0)
+    return out
+
+
 class DenseRetriever(Retriever):
     """Base for retrievers that embed queries with the datastore's encoder."""
 
     def __init__(self, ds, *, batch_size: int = 64, **kw):
         super().__init__(ds, **kw)
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "batch_size (--batch-size)", minimum=1)
 
     def search_vectors(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None):
         raise NotImplementedError
@@ -130,9 +181,9 @@ class AnnRetriever(DenseRetriever):
         from .ann import AnnIndex
 
         super().__init__(ds, **kw)
+        self.knobs = check_knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
         self.index = AnnIndex.open(ds, index)
         self.name = index
-        self.knobs = {"nprobe": nprobe, "ef_search": ef_search, "refine_factor": refine_factor}
 
     def settings(self):
         return (self.kind, self.name, tuple(sorted(self.knobs.items())))
@@ -168,10 +219,9 @@ class HybridRetriever(Retriever):
         super().__init__(ds, **kw)
         if fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {fusion!r}; choose from {list(FUSIONS)}")
-        if candidates <= 0:
-            raise ConfigError(f"candidates must be positive, got {candidates}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+        candidates = check_int(candidates, "candidates (--candidates)", minimum=1)
+        alpha = check_float(alpha, "alpha (--alpha)", minimum=0, maximum=1)
+        rrf_k = check_int(rrf_k, "rrf_k", minimum=0)
         self.dense, self.sparse = dense, sparse
         self.fusion, self.candidates, self.alpha, self.rrf_k = fusion, candidates, alpha, rrf_k
 
@@ -199,6 +249,7 @@ class ShardedRetriever(DenseRetriever):
         from .sharding import ShardedIndex
 
         super().__init__(ds, **kw)
+        probe_shards = check_int(probe_shards, "probe_shards (--probe-shards)", minimum=1, optional=True)
         self.index = ShardedIndex.open(ds, index)
         self.name, self.probe_shards = index, probe_shards
 
@@ -223,24 +274,46 @@ def make_retriever(
     refine_factor: int | None = None,
     probe_shards: int | None = None,
     cache_bytes: int = 0,
+    batch_size: int = 64,
 ) -> Retriever:
-    """The retriever for a CLI-style description (`relm search --retriever ...`)."""
+    """The retriever for a CLI-style description (`relm search --retriever ...`).
+
+    Every argument is checked before any index is opened, whether or not this kind uses it.
+    """
     if kind not in RETRIEVERS:
         raise ConfigError(f"unknown retriever {kind!r}; choose from {list(RETRIEVERS)}")
-    knobs = {"nprobe": nprobe, "ef_search": ef_search, "refine_factor": refine_factor}
+    if fusion not in FUSIONS:
+        raise ConfigError(f"unknown fusion {fusion!r}; choose from {list(FUSIONS)}")
+    check_int(candidates, "candidates (--candidates)", minimum=1)
+    check_float(alpha, "alpha (--alpha)", minimum=0, maximum=1)
+    check_int(probe_shards, "probe_shards (--probe-shards)", minimum=1, optional=True)
+    check_int(cache_bytes, "cache_bytes (--cache-mb)", minimum=0)
+    check_int(batch_size, "batch_size (--batch-size)", minimum=1)
+    knobs = check_knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
+    dense_kw = {"cache_bytes": cache_bytes, "batch_size": batch_size}
     if kind == "exact":
-        return ExactRetriever(ds, cache_bytes=cache_bytes)
+        return ExactRetriever(ds, **dense_kw)
     if kind == "ann":
-        return AnnRetriever(ds, _need(index, "ann", "--index"), cache_bytes=cache_bytes, **knobs)
+        return AnnRetriever(ds, _need(index, "ann", "--index"), **dense_kw, **knobs)
     if kind == "bm25":
         return BM25Retriever(ds, _need(bm25_index or index, "bm25", "--index"), cache_bytes=cache_bytes)
     if kind == "sharded":
-        return ShardedRetriever(ds, _need(index, "sharded", "--index"), probe_shards=probe_shards,
-                                cache_bytes=cache_bytes)
-    dense: DenseRetriever = AnnRetriever(ds, index, **knobs) if index else ExactRetriever(ds)
-    sparse = BM25Retriever(ds, _need(bm25_index, "hybrid", "--bm25-index"))
+        return ShardedRetriever(ds, _need(index, "sharded", "--index"), probe_shards=probe_shards, **dense_kw)
+    sparse_name = _need(bm25_index, "hybrid", "--bm25-index")
+    dense: DenseRetriever = (AnnRetriever(ds, index, batch_size=batch_size, **knobs) if index
+                             else ExactRetriever(ds, batch_size=batch_size))
+    sparse = BM25Retriever(ds, sparse_name)
     return HybridRetriever(ds, dense, sparse, fusion=fusion, candidates=candidates, alpha=alpha,
                            cache_bytes=cache_bytes)
+
+
+def check_knobs(*, nprobe=None, ef_search=None, refine_factor=None) -> dict[str, int | None]:
+    """ANN search knobs: each None (the index's tuned value) or an integer >= 1."""
+    return {
+        "nprobe": check_int(nprobe, "nprobe (--nprobe)", minimum=1, optional=True),
+        "ef_search": check_int(ef_search, "ef_search (--ef-search)", minimum=1, optional=True),
+        "refine_factor": check_int(refine_factor, "refine_factor (--refine)", minimum=1, optional=True),
+    }
 
 
 def _need(value: str | None, kind: str, flag: str) -> str:

@@ -5,7 +5,8 @@ The batch order is a pure function of (seed, step): epoch e visits the training 
 permutation rng(seed + e), so a resumed run draws exactly the batches the uninterrupted run would
 have, and resuming from a checkpoint continues the same run. Checkpoints hold the trainable
 parameters (all of them for a model trained from scratch; only the inserted layers for a retrofit,
-whose base weights are re-read from the base model), the AdamW state, the step, and the configs.
+whose base weights are re-read from the base model), the AdamW state, the step, and the configs; each
+one is a directory swapped in atomically by rewriting checkpoint.json (see write_checkpoint).
 
 GPU paths: bf16 autocast on CUDA (fp16 with a GradScaler where bf16 is missing), and DDP when launched
 with torchrun (WORLD_SIZE > 1: each rank takes every WORLD_SIZE-th sequence of a batch). Neither can
