@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corpus_records, make_text, write_jsonl
 from crashkit import kill_points, run_cli, tree_digest
+
+from conftest import corpus_records, make_text, write_jsonl
 
 BUILD_FLAGS = ["--chunk-words", "16", "--min-words", "4", "--shard-size", "20", "--no-progress"]
 SAMPLE = 7
