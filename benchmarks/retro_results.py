@@ -66,6 +66,14 @@ def plot_training(runs: dict[str, dict], path: Path) -> Path:
     return save_figure(fig, ax, path)
 
 
+def _checkpoint_mtime(run: Path) -> float:
+    """When the run's live checkpoint was committed (checkpoint.json; older runs: model.safetensors)."""
+    for name in ("checkpoint.json", "model.safetensors"):
+        if (run / name).exists():
+            return (run / name).stat().st_mtime
+    return float("inf")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=HERE / ".cache" / "retro")
@@ -135,7 +143,7 @@ def main() -> None:
             continue
         out = w / name
         done = out / "retro_eval.json"
-        if done.exists() and any(done.stat().st_mtime < (Path(r) / "model.safetensors").stat().st_mtime
+        if done.exists() and any(done.stat().st_mtime < _checkpoint_mtime(Path(r))
                                  for r in members):
             shutil.rmtree(out)  # older than a model it evaluated: evaluate again
         step(name, out / "retro_eval.json", ["retro", "eval", *members, *evals_argv, "--out", str(out), *extra],

@@ -315,3 +315,30 @@ def test_a_stray_staging_directory_does_not_block_a_build(tmp_path, small_corpus
     (out / L.STAGING).mkdir(parents=True)  # a build killed before it wrote its plan
     assert main(["build", str(small_corpus), "--out", str(out)]) == 0
     assert not (out / L.STAGING).exists() and (out / L.STATS).exists()
+
+
+def test_a_build_into_a_directory_being_written_is_refused_cleanly(tmp_path, small_corpus, capsys):
+    out = tmp_path / "ds"
+    out.mkdir()
+    holder = _hold_lock(out, 1.0)
+    try:
+        assert main(["build", str(small_corpus), "--out", str(out)]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no stray .build/
+    finally:
+        holder.wait(10)
+
+
+def test_open_waits_for_a_commit_being_applied_and_refuses_an_interrupted_one(hds):
+    (hds.root / J.UPDATE_DIR).mkdir()
+    (hds.root / J.JOURNAL).write_text(json.dumps({"moves": [], "deletes": [], "manifest": None}))
+    holder = _hold_lock(hds.root, 1.0)
+    try:
+        with pytest.raises(DatastoreError, match="still committing"):
+            Datastore.open(hds.root, wait_seconds=0.2)
+    finally:
+        holder.wait(10)
+    with pytest.raises(DatastoreError, match="relm recover"):
+        Datastore.open(hds.root)
+    assert U.recover(hds.root) == "rolled forward"
+    assert Datastore.open(hds.root).revision == hds.revision
