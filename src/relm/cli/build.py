@@ -93,5 +93,7 @@ def run(args) -> int:
             + f"; {info['bytes_per_passage_beyond_text']:.1f} bytes/passage beyond text")
     if read["skipped_total"]:
         line += f"; skipped {read['skipped_total']} ({', '.join(f'{k}: {v}' for k, v in read['skipped'].items())})"
+    if read.get("non_finite_nulled"):
+        line += f"; {read['non_finite_nulled']} NaN/inf value(s) read as null"
     print(line)
     return 0

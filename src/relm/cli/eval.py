@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .common import HelpFormatter, add_progress_flags
+from .search import strict_json
 
 
 def register(sub) -> None:
@@ -59,22 +60,42 @@ def add_eval_arguments(p) -> None:
     add_progress_flags(p)
 
 
-def make_evaluator(args):
+def check_args(args, variants) -> None:
+    """Every flag and every variant's requirements, checked before the datastore or the LM is loaded."""
+    from ..config import check_int
+    from ..eval.evaluate import check_variants
+
+    check_int(args.max_batch_tokens, "--max-batch-tokens", minimum=1)
+    check_int(args.batch_size, "--batch-size", minimum=1, optional=True)
+    check_int(args.threads, "--threads", minimum=1, optional=True)
+    check_int(args.max_context, "--max-context", minimum=2, optional=True)
+    check_int(args.min_words, "--min-words", minimum=0)
+    check_variants(variants, retriever=args.retriever, index=args.index, bm25_index=args.bm25_index)
+
+
+def make_evaluator(args, variants=None):
     from ..datastore.store import Datastore
     from ..eval.evaluate import Evaluator
     from ..eval.filters import PassageFilter
     from ..eval.windows import WindowConfig
     from ..lm import LMConfig, load_lm
 
+    variants = variants_from(args) if variants is None else variants
+    check_args(args, variants)
+    windows = WindowConfig(args.window, args.stride, args.max_windows)
+    filters = PassageFilter(decontaminate=args.decontaminate, dedup=args.dedup, min_words=args.min_words)
+    lm_config = LMConfig(model=args.lm, device=args.device, dtype=args.dtype,
+                         max_batch_tokens=args.max_batch_tokens, threads=args.threads)
     ds = Datastore.open(args.datastore)
     ds.encoder()  # fail early when the datastore's encoder is unavailable
-    lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype,
-                          max_batch_tokens=args.max_batch_tokens, threads=args.threads))
+    if any(v.retriever == "hybrid" for v in variants):
+        from ..retrieval.bm25 import BM25Index
+
+        BM25Index.open(ds, args.bm25_index)  # a missing or stale index fails now, not after scoring
+    lm = load_lm(lm_config)
     return Evaluator(
-        ds, lm, windows=WindowConfig(args.window, args.stride, args.max_windows), retriever=args.retriever,
-        index=args.index, bm25_index=args.bm25_index,
-        filters=PassageFilter(decontaminate=args.decontaminate, dedup=args.dedup, min_words=args.min_words),
-        max_context=args.max_context, batch_size=args.batch_size, show_progress=args.progress,
+        ds, lm, windows=windows, retriever=args.retriever, index=args.index, bm25_index=args.bm25_index,
+        filters=filters, max_context=args.max_context, batch_size=args.batch_size, show_progress=args.progress,
     )
 
 
@@ -85,14 +106,31 @@ def variants_from(args):
                           rerank=args.rerank_candidates)
 
 
+def table_notes(summary) -> str:
+    """What the table cannot show on its own: unstarred small comparisons and short windows."""
+    notes = []
+    groups = {"overall": summary["overall"], **summary["groups"]}
+    few = sorted({m[vs]["windows"] for block in groups.values() for m in block.values()
+                  for vs in ("vs_none", "vs_reference") if vs in m and m[vs].get("note")})
+    if few:
+        notes.append(f"comparisons over fewer than {summary['min_significance_windows']} windows are never "
+                     f"starred (here {', '.join(map(str, few))} window(s)): too few for a bootstrap interval")
+    if summary.get("short_windows"):
+        notes.append(f"{summary['short_windows']} window(s) come from eval text shorter than --window "
+                     f"{summary['settings']['windows']['window']} tokens and have a proportionally shorter "
+                     "context ('short' in windows.jsonl)")
+    return "".join(f"\n{n}" for n in notes)
+
+
 def run(args) -> int:
     from ..artifacts import write_json_atomic
     from ..eval.report import eval_table, plot_eval
     from ..eval.windows import read_eval_sets
 
     variants = variants_from(args)
+    check_args(args, variants)
     eval_sets = read_eval_sets(args.eval)
-    ev = make_evaluator(args)
+    ev = make_evaluator(args, variants)
     t0 = time.perf_counter()
     result = ev.run(eval_sets, variants)
     summary = result.summary()
@@ -103,9 +141,9 @@ def run(args) -> int:
     write_json_atomic(out / "summary.json", summary)
     with open(out / "windows.jsonl.tmp", "w") as f:
         for rec in result.window_records():
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(strict_json(rec)[0], allow_nan=False) + "\n")
     (out / "windows.jsonl.tmp").replace(out / "windows.jsonl")
-    table = eval_table(summary)
+    table = eval_table(summary) + table_notes(summary)
     (out / "table.md").write_text(table + "\n")
     plot_eval(summary, out / "eval.png")
     print(table)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .common import HelpFormatter
-from .eval import add_eval_arguments, make_evaluator, variants_from
+from .eval import add_eval_arguments, check_args, make_evaluator, variants_from
 
 
 def register(sub) -> None:
@@ -40,9 +40,13 @@ def _floats(text: str | None, flag: str) -> list[float]:
     if not text:
         return []
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
         raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from e
+    for v in values:
+        if not 0 < v <= 1:  # NaN fails this too
+            raise ConfigError(f"{flag}: {v} is outside (0, 1]; give datastore fractions like 0.01,0.1,1")
+    return values
 
 
 def run(args) -> int:
@@ -59,16 +63,23 @@ def run(args) -> int:
     direct = _floats(args.direct, "--direct")
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be ≥ 1, got {args.seeds}")
+    if args.n_boot < 1:
+        raise ConfigError(f"--n-boot must be ≥ 1, got {args.n_boot}")
+    if args.candidates < args.k:
+        raise ConfigError(f"--candidates K = {args.candidates} < -k = {args.k}; K must be at least k")
     variants = variants_from(args)
     if len(variants) != 1 or variants[0].protocol != "massiveds" or variants[0].adaptive or variants[0].rerank:
         raise ConfigError("relm scale takes one of --variants massiveds, last-q or hybrid")
+    check_args(args, variants)
+    lms = [x.strip() for x in args.lms.split(",") if x.strip()] if args.lms else [args.lm]
+    if not lms:
+        raise ConfigError("--lms is empty; give a comma list of LMs")
     eval_sets = read_eval_sets(args.eval)
-    lms = [x.strip() for x in args.lms.split(",")] if args.lms else [args.lm]
     t0 = time.perf_counter()
     rows, baselines, runs, counts, shapes = [], {}, {}, None, {}
     for spec in lms:
         args.lm = spec
-        ev = make_evaluator(args)
+        ev = make_evaluator(args, variants)
         counts = passage_tokens(ev.ds, ev.lm) if counts is None else counts
         res = run_scaling(ev, eval_sets, variants[0], fractions, args.seeds, args.candidates, direct=direct,
                           token_counts=counts)

@@ -386,14 +386,20 @@ def _decode(inp: InputFile, lineno: int, data: bytes) -> str:
 
 
 def _read_jsonl(inp: InputFile, raw: BinaryIO, config: ReaderConfig, stats: ReadStats) -> Iterator[Document]:
+    constants: list[str] = []  # the NaN / Infinity / -Infinity of the current line
+
+    def constant(name: str) -> object:
+        constants.append(name)
+        return _NON_FINITE
+
     for lineno, line in _lines(inp, raw):
         try:
             text = _decode(inp, lineno, line)
             if not text.strip():
                 continue  # blank lines are separators, not data
-            constants: list[str] = []
+            constants.clear()
             try:
-                obj = json.loads(text, parse_constant=lambda c: constants.append(c) or _NON_FINITE)
+                obj = json.loads(text, parse_constant=constant)
             except json.JSONDecodeError as e:
                 raise InputError(
                     inp.display, lineno, "bad_json", f"malformed JSON ({e.msg} at column {e.colno})"

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import check_int
 from ..errors import ConfigError
 from ..lm.base import ScoreRequest
 from .filters import PassageFilter, apply_filters
@@ -31,6 +32,46 @@ log = logging.getLogger(__name__)
 
 SEPARATOR = "\n\n"  # after each prepended passage
 CANDIDATE_SLACK = 3  # candidates retrieved per passage wanted, so filters leave enough
+# a paired bootstrap over fewer windows than this is not marked significant: with n windows there are
+# only C(2n-1, n) distinct resamples (1 for n = 1, where the "interval" is the point estimate), and the
+# percentile interval is far too narrow for small n
+MIN_SIGNIFICANCE_WINDOWS = 10
+
+
+def compare(nll_a: np.ndarray, nll_b: np.ndarray, tokens: np.ndarray, *, n_boot: int, seed: int) -> dict:
+    """`paired_bootstrap` of b against a, with the significance flag (`excludes_zero`, the table's star)
+    set only when there are at least MIN_SIGNIFICANCE_WINDOWS windows; the interval's own verdict is kept
+    as `ci_excludes_zero`."""
+    vs = paired_bootstrap(nll_a, nll_b, tokens, n_boot=n_boot, seed=seed)
+    vs["ci_excludes_zero"] = vs["excludes_zero"]
+    vs["min_windows"] = MIN_SIGNIFICANCE_WINDOWS
+    vs["tokens"] = int(np.asarray(tokens).sum())
+    if vs["windows"] < MIN_SIGNIFICANCE_WINDOWS:
+        vs["excludes_zero"] = False
+        vs["note"] = (f"{vs['windows']} window(s) < {MIN_SIGNIFICANCE_WINDOWS}: too few for a bootstrap interval; "
+                      "not marked significant")
+    return vs
+
+
+def check_variants(variants: list[Variant], *, retriever: str = "exact", index: str | None = None,
+                   bm25_index: str | None = None) -> None:
+    """What every variant needs, checked before the LM is loaded or anything is scored."""
+    if not variants:
+        raise ConfigError("no variants to evaluate; name at least one (--variants)")
+    for v in variants:
+        if not isinstance(v, Variant):
+            raise ConfigError(f"variants must be Variant objects, got {type(v).__name__}")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"variant names must be distinct, got {names}")
+    if retriever not in ("exact", "ann"):
+        raise ConfigError(f"dense retriever must be exact or ann, got {retriever!r}")
+    if retriever == "ann" and not index:
+        raise ConfigError("--retriever ann needs --index NAME (a faiss index; list them with `relm info DS`)")
+    hybrid = [v.name for v in variants if v.retriever == "hybrid"]
+    if hybrid and not bm25_index:
+        raise ConfigError(f"variant(s) {', '.join(hybrid)} need --bm25-index NAME (build one with "
+                          "`relm index DS --name NAME --bm25`)")
 
 
 @dataclass
@@ -64,20 +105,23 @@ class EvalResult:
         groups = {"overall": np.ones(len(self.windows), bool)}
         for key in dict.fromkeys(f"{w.stream.name}/{w.stream.domain}" for w in self.windows):
             groups[key] = np.array([f"{w.stream.name}/{w.stream.domain}" == key for w in self.windows])
+        short = np.array([w.short for w in self.windows], bool)
         reference = next(iter(self.runs), None) if len(self.runs) > 1 else None
-        out: dict[str, Any] = {"settings": self.settings, "groups": {}, "reference": reference}
+        out: dict[str, Any] = {"settings": self.settings, "groups": {}, "reference": reference,
+                               "min_significance_windows": MIN_SIGNIFICANCE_WINDOWS,
+                               "short_windows": int(short.sum())}
         for key, sel in groups.items():
             block = {}
             for cond, values in nll.items():
                 m = summarize(values[sel], tokens[sel], nbytes[sel])
+                m["short_windows"] = int(short[sel].sum())
                 if cond != "none":
                     run = self.runs[cond]
                     m["mean_k"] = float(run.k[sel].mean())
-                    m["vs_none"] = paired_bootstrap(nll["none"][sel], values[sel], tokens[sel],
-                                                    n_boot=n_boot, seed=seed)
+                    m["vs_none"] = compare(nll["none"][sel], values[sel], tokens[sel], n_boot=n_boot, seed=seed)
                     if reference and cond != reference:  # each variant against the first one, same windows
-                        m["vs_reference"] = paired_bootstrap(nll[reference][sel], values[sel], tokens[sel],
-                                                             n_boot=n_boot, seed=seed)
+                        m["vs_reference"] = compare(nll[reference][sel], values[sel], tokens[sel],
+                                                    n_boot=n_boot, seed=seed)
                 block[cond] = m
             if key == "overall":
                 out["overall"] = block
@@ -94,8 +138,8 @@ class EvalResult:
         per = {name: self.window_nll(run.logprobs) for name, run in self.runs.items()}
         for i, w in enumerate(self.windows):
             rec = {"window": w.index, "set": w.stream.name, "domain": w.stream.domain, "start": w.start,
-                   "end": w.end, "tokens": w.n_tokens, "bytes": w.n_bytes, "query_loss": float(self.query_loss[i]),
-                   "none": {"nll": float(base[i])}}
+                   "end": w.end, "context": w.n_context, "tokens": w.n_tokens, "bytes": w.n_bytes,
+                   "short": w.short, "query_loss": float(self.query_loss[i]), "none": {"nll": float(base[i])}}
             for name, run in self.runs.items():
                 rec[name] = {"nll": float(per[name][i]), "k": float(run.k[i]), "passages": run.passages[i]}
             yield rec
@@ -109,6 +153,8 @@ class Evaluator:
                  max_context: int | None = None, batch_size: int | None = None, show_progress: bool | None = None):
         self.ds, self.lm = ds, lm
         self.window_config, self.filters = windows, filters
+        check_int(max_context, "max_context (--max-context)", minimum=2, optional=True)
+        check_int(batch_size, "batch_size (--batch-size)", minimum=1, optional=True)
         self.limit = min(lm.context_length, max_context or lm.context_length)
         if windows.window > self.limit:
             raise ConfigError(f"--window {windows.window} exceeds the LM's context of {self.limit} tokens; "
@@ -131,11 +177,19 @@ class Evaluator:
         windows = make_windows(streams, self.window_config)
         if not windows:
             raise ConfigError("the eval text yields no windows (every document is shorter than 2 tokens)")
+        short = [w for w in windows if w.short]
+        if short:
+            log.warning("%d eval stream(s) shorter than --window %d tokens (%s): each is one short window "
+                        "with a proportionally shorter context; their loss is not comparable with full windows",
+                        len(short), self.window_config.window,
+                        ", ".join(f"{w.stream.name}/{w.stream.domain}: {len(w.ids)} tokens" for w in short[:5])
+                        + (", ..." if len(short) > 5 else ""))
         return windows
 
     def run(self, eval_sets: list[tuple[str, list]], variants: list[Variant]) -> EvalResult:
-        if len({v.name for v in variants}) != len(variants):
-            raise ConfigError("variant names must be distinct")
+        check_variants(variants, retriever=self.dense.kind, index=self._index, bm25_index=self._bm25_index)
+        if any(v.retriever == "hybrid" for v in variants):
+            self._hybrid_retriever()  # open the BM25 index now, not after the no-retrieval pass
         windows = self.windows(eval_sets)
         t0 = time.perf_counter()
         # the no-retrieval pass also scores the query tokens (for adaptive k and the per-window records):

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from ..config import check_int
 from ..errors import ConfigError
 
 PROTOCOLS = ("massiveds", "ralm")
@@ -41,10 +42,13 @@ class Variant:
                                       ("retriever", self.retriever, RETRIEVERS)):
             if value not in choices:
                 raise ConfigError(f"variant {self.name!r}: {field} must be one of {choices}, got {value!r}")
-        if self.k < 1:
-            raise ConfigError(f"variant {self.name!r}: k must be ≥ 1, got {self.k}")
-        if self.query_tokens < 1 or self.stride < 1:
-            raise ConfigError(f"variant {self.name!r}: query_tokens and stride must be ≥ 1")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"a variant needs a non-empty name, got {self.name!r}")
+        for field, flag, minimum in (("k", "-k", 1), ("query_tokens", "--query-tokens", 1),
+                                     ("stride", "--ralm-stride", 1), ("rerank", "--rerank-candidates", 0)):
+            check_int(getattr(self, field), f"variant {self.name!r}: {field} ({flag})", minimum=minimum)
+        if not isinstance(self.adaptive, bool):
+            raise ConfigError(f"variant {self.name!r}: adaptive must be true or false, got {self.adaptive!r}")
         if self.rerank and self.rerank < self.k:
             raise ConfigError(f"variant {self.name!r}: rerank must be 0 (off) or ≥ k = {self.k}")
 
@@ -54,6 +58,7 @@ class Variant:
 
 def standard_variants(k: int = 3, query_tokens: int = 32, stride: int = 32, rerank: int = 8) -> dict[str, Variant]:
     """The named variants of `relm eval --variants`, sharing k, q, s and the rerank depth."""
+    check_int(rerank, "--rerank-candidates", minimum=1)
     base = Variant("massiveds", k=k, query_tokens=query_tokens, stride=stride)
     return {
         "massiveds": base,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import check_int
 from ..errors import ConfigError
 from .metrics import token_byte_lengths
 
@@ -30,12 +31,9 @@ class WindowConfig:
     max_windows: int | None = None
 
     def __post_init__(self):
-        if self.window < 2:
-            raise ConfigError(f"window must be ≥ 2 tokens, got {self.window}")
-        if self.stride is not None and not 1 <= self.stride < self.window:
-            raise ConfigError(f"stride must be in [1, window - 1] = [1, {self.window - 1}], got {self.stride}")
-        if self.max_windows is not None and self.max_windows < 1:
-            raise ConfigError(f"max_windows must be ≥ 1, got {self.max_windows}")
+        check_int(self.window, "window (--window, tokens)", minimum=2)
+        check_int(self.stride, "stride (--stride)", minimum=1, maximum=self.window - 1, optional=True)
+        check_int(self.max_windows, "max_windows (--max-windows)", minimum=1, optional=True)
 
     @property
     def scored(self) -> int:
@@ -60,13 +58,19 @@ class Stream:
 
 @dataclass(frozen=True)
 class Window:
-    """Tokens [start, end) of a stream; the last n_target are scored."""
+    """Tokens [start, end) of a stream; the last n_target are scored. `short`: the whole stream is
+    shorter than one window, so this window is shorter than the config says (see stream_windows)."""
 
     index: int
     stream: Stream
     start: int
     end: int
     n_target: int
+    short: bool = False
+
+    @property
+    def n_context(self) -> int:
+        return self.end - self.start - self.n_target
 
     @property
     def ids(self) -> np.ndarray:
@@ -123,14 +127,21 @@ def pack_streams(docs: Iterable, lm, *, set_name: str) -> list[Stream]:
 
 def stream_windows(stream: Stream, config: WindowConfig, first_index: int = 0) -> list[Window]:
     """The windows of one stream: scored spans [a, a + s) for a = W − s, W, W + s, ...; each window
-    holds the W − s tokens before its span. A stream shorter than W + 1 tokens still gets one window
-    (half context, half scored) so short eval sets are not silently dropped."""
+    holds the W − s tokens before its span (the last one scores what is left).
+
+    A stream shorter than one window (T < W tokens) cannot have a W − s token context and s scored
+    tokens. It still gets one window, so short eval sets are not dropped, split like the config:
+    the first ⌊T·(W − s)/W⌋ tokens (at least 1) are context and the rest is scored; the window is
+    marked `short`, and the report counts such windows. (Giving it the full W − s context instead
+    would score T − (W − s) tokens: a single token for T = W − s + 1.)"""
     T = len(stream.ids)
     c, s = config.context, config.scored
     if T < 2:
         return []
-    if T <= c:  # shorter than the context: score its second half
-        c = T // 2
+    if T < config.window:
+        c = max(1, T * c // config.window)
+        w = Window(first_index, stream, 0, T, T - c, short=True)
+        return [w] if w.n_tokens else []
     spans = [(a, min(a + s, T)) for a in range(c, T, s)]
     if config.max_windows is not None and len(spans) > config.max_windows:
         pick = np.linspace(0, len(spans) - 1, config.max_windows).round().astype(int)
