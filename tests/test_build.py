@@ -280,3 +280,25 @@ def test_inputs_inside_the_output_are_ignored(tmp_path, encoder):
     # the datastore holds docs/records.jsonl; a rebuild must not read it as corpus
     ds = build_datastore([corpus_dir], out, encoder=encoder)
     assert ds.n_documents == 3
+
+
+def test_a_build_split_into_parts_and_assembled_is_byte_identical(tmp_path):
+    """files[rank::2] built as two datastores and merged by `assemble` == the one-process build."""
+    from relm.datastore import build_in_parts
+
+    from conftest import HashEncoder
+
+    records = corpus_records(n_docs=15, base_words=40)
+    for i in range(5):
+        write_jsonl(tmp_path / "in" / f"f{i}.jsonl", records[i::5])
+    config = BuildConfig(chunk=ChunkConfig(max_words=16, min_words=4), shard_size=7)
+    one = build_datastore([tmp_path / "in"], tmp_path / "one", config, encoder=HashEncoder())
+    parts = build_in_parts([tmp_path / "in"], tmp_path / "two", config, world_size=2, encoder=HashEncoder())
+    a, b = tree_bytes(one.root), tree_bytes(parts.root)
+    a.pop("stats.json", None), b.pop("stats.json", None)
+    assert a == b and len(parts) == len(one) and not (parts.root / L.STAGING).exists()
+
+    dup = write_jsonl(tmp_path / "dup" / "z.jsonl", records[:1])
+    with pytest.raises(InputError, match="more than one part"):
+        build_in_parts([tmp_path / "in" / "f0.jsonl", dup], tmp_path / "three", config, world_size=2,
+                       encoder=HashEncoder())

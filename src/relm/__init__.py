@@ -1,10 +1,9 @@
 """relm: retrieval-based language models at datastore scale."""
 
-__version__ = "0.1.0"
-
-from .config import BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig  # noqa: E402
-from .datastore import Datastore, Hit, build_datastore  # noqa: E402
-from .errors import ConfigError, DatastoreError, InputError, RelmError  # noqa: E402
+from .config import BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
+from .datastore import Datastore, Hit, build_datastore
+from .errors import ConfigError, DatastoreError, InputError, RelmError
+from .version import __version__
 
 __all__ = [
     "BuildConfig",

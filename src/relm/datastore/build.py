@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..artifacts import (
     AtomicWriter,
     concat_npy,
@@ -50,6 +49,7 @@ from ..progress import progress
 from . import layout as L
 from .ids import IdRegistry
 from .lock import LOCK, writer_lock
+from .manifest import Counts, EmbeddingShard, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,98 @@ def build_datastore(
         builder = _Builder(out, files, config, show_progress, encoder)
         builder.run()
     return Datastore.open(out)
+
+
+def build_in_parts(
+    inputs: list[str | Path],
+    out: str | Path,
+    config: BuildConfig = BuildConfig(),
+    *,
+    world_size: int,
+    show_progress: bool | None = None,
+    encoder=None,
+):
+    """The build split into `world_size` parts, as a distributed build runs it: part r is a datastore of
+    its own built from files[r::world_size] (under `out/.build/parts/`, each resumable), and `assemble`
+    merges the parts in input order, refusing a document id that two parts share. The result is
+    byte-identical to `build_datastore` on the same inputs (stats.json, which holds timings, aside)."""
+    from .assemble import assemble
+    from .store import Datastore
+
+    if not isinstance(world_size, int) or world_size < 1:
+        raise DatastoreError(f"world_size must be a positive integer, got {world_size!r}")
+    out = Path(out)
+    files = [f for f in resolve_inputs(inputs, config.reader) if not _inside(f.path, out)]
+    if not files:
+        raise InputError(str(out), None, "missing", "every input lies inside the output directory")
+    plan = _plan(files, config)
+    _check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    with writer_lock(out):
+        if _prepare_output(out, plan, False):
+            return Datastore.open(out)
+        parts: dict[int, Datastore] = {}
+        for rank in range(min(world_size, len(files))):
+            mine = files[rank::world_size]
+            where = out / L.STAGING / "parts" / f"part-{rank:05d}"
+            where.mkdir(parents=True, exist_ok=True)
+            with writer_lock(where):
+                if not _prepare_output(where, _plan(mine, config), False):
+                    _Builder(where, mine, config, show_progress, encoder).run()
+            parts[rank] = Datastore.open(where)
+        segments = _segments_in_input_order(files, parts, world_size)
+        read = _merge_read_stats([parts[r].manifest["build"]["read"] for r in sorted(parts)])
+        manifest = assemble(out, segments, shard_size=config.shard_size, build={"plan": plan, "read": read},
+                            inputs=plan["inputs"], check_ids=True).to_json()
+        c = manifest["counts"]
+        total = max(time.perf_counter() - t_start, 1e-9)
+        write_json_atomic(out / L.STATS, {"counts": c, "read": read, "seconds": {"total": round(total, 4)},
+                                          "parts": len(parts),
+                                          "throughput": {"passages_per_s": c["passages"] / total}})
+        write_json_atomic(out / L.MANIFEST, manifest)
+        shutil.rmtree(out / L.STAGING)
+    return Datastore.open(out)
+
+
+def _segments_in_input_order(files: list[InputFile], parts: dict[int, Any], world_size: int) -> list:
+    """Runs of documents, one per input file, in the order one process reads them (file i is in part
+    i % world_size, whose documents are in its own file order)."""
+    from .assemble import Segment
+
+    cursor = dict.fromkeys(parts, 0)
+    out = []
+    for i, f in enumerate(files):
+        rank = i % world_size
+        ds = parts[rank]
+        start = j = cursor[rank]
+        while j < ds.n_documents:
+            source = ds.document(j)["source"]
+            if source != f.display and not source.startswith(f.display + ":"):
+                break
+            j += 1
+        cursor[rank] = j
+        if j > start:
+            out.append(Segment(ds, np.arange(start, j, dtype=np.int64)))
+    for rank, ds in parts.items():
+        if cursor[rank] != ds.n_documents:
+            raise DatastoreError(f"internal: part {rank} has documents from no input file in its order")
+    return out
+
+
+def _merge_read_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    skipped: dict[str, int] = {}
+    for s in stats:
+        for k, v in s["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + v
+    return {
+        "files": sum(s["files"] for s in stats),
+        "documents": sum(s["documents"] for s in stats),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_total": sum(s["skipped_total"] for s in stats),
+        "skipped_examples": [e for s in stats for e in s["skipped_examples"]][:20],
+        "non_finite_nulled": sum(s.get("non_finite_nulled", 0) for s in stats),
+    }
 
 
 def _check_out(out: Path) -> None:
@@ -471,40 +563,26 @@ class _Builder:
         for i, c in enumerate(counts):
             shards.append({"file": L.embedding_shard(i), "start": start, "rows": c["passages"]})
             start += c["passages"]
-        manifest = {
-            "format": L.FORMAT,
-            "format_version": L.FORMAT_VERSION,
-            "relm_version": __version__,
-            "kind": "tokens" if self.tokenizer is not None else "passages",
-            "generation": 0,
-            "encoder": encoder,
-            "chunker": self.config.chunk.describe(),
-            "tokens": tokens,
-            "counts": {
-                "documents": n_docs,
-                "passages": n,
-                "words": int(sum(c["words"] for c in counts)),
-                "tokens": int(sum(c["tokens"] for c in counts)) if tokens else None,
-                "text_bytes": int((out / L.PASSAGE_TEXT).stat().st_size),
-                "shards": n_shards,
-            },
-            "embeddings": {"dtype": "float16", "dim": encoder["dim"], "shards": shards},
-            "passages": {"text": L.PASSAGE_TEXT, "offsets": L.PASSAGE_OFFSETS, "doc_index": L.PASSAGE_DOC},
-            "docs": {
-                "records": L.DOC_RECORDS,
-                "offsets": L.DOC_OFFSETS,
-                "passages": L.DOC_PASSAGES,
-                "domain": L.DOC_DOMAIN,
-                "timestamp": L.DOC_TIMESTAMP,
-            },
-            "domains": domains,
-            "inputs": read_json(self.staging / "plan.json")["inputs"],
-            "build": {
-                "plan": read_json(self.staging / "plan.json"),
-                "read": self.read_stats.to_dict(),
-            },
-        }
-        return manifest
+        plan = read_json(self.staging / "plan.json")
+        return Manifest(
+            kind="tokens" if self.tokenizer is not None else "passages",
+            encoder=encoder,
+            chunker=self.config.chunk.describe(),
+            tokens=tokens,
+            counts=Counts(
+                documents=n_docs,
+                passages=n,
+                words=int(sum(c["words"] for c in counts)),
+                tokens=int(sum(c["tokens"] for c in counts)) if tokens else None,
+                text_bytes=int((out / L.PASSAGE_TEXT).stat().st_size),
+                shards=n_shards,
+            ),
+            dim=encoder["dim"],
+            shards=tuple(EmbeddingShard(**s) for s in shards),
+            domains=tuple(domains),
+            inputs=tuple(plan["inputs"]),
+            build={"plan": plan, "read": self.read_stats.to_dict()},
+        ).to_json()
 
     def _finalize_docs(self, dirs: list[Path], n_docs: int) -> list[dict[str, Any]]:
         """Concatenate document records; derive their offsets, domain codes and timestamps."""

@@ -144,6 +144,13 @@ class Datastore:
             setattr(self, name, value)
 
     # -- sizes and identity ---------------------------------------------------------------------
+    @cached_property
+    def meta(self):
+        """The typed manifest (`relm.datastore.manifest.Manifest`); `self.manifest` is its JSON."""
+        from .manifest import Manifest
+
+        return Manifest.from_json(self.manifest, str(self.root / L.MANIFEST))
+
     def __len__(self) -> int:
         return int(self.manifest["counts"]["passages"])
 

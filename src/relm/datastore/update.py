@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import AtomicWriter, save_npy_atomic
+from ..artifacts import save_npy_atomic
 from ..config import BuildConfig, ReaderConfig
 from ..corpus.readers import read_documents, resolve_inputs
 from ..errors import ConfigError, DatastoreError, InputError
@@ -286,7 +286,7 @@ def compact(ds, *, wait: bool = False):
                 "cannot be built. Add documents first, or build a new datastore"
             )
         stage = journal.stage_dir(root)
-        manifest = _write_compacted(ds, stage, deleted)
+        manifest = _assemble_compacted(ds, stage, deleted)
         files = {rel: stage / rel for rel in journal.staged_files(root)}
         files[DELETED] = stage / DELETED  # absent: the compacted datastore has no tombstones
         view = Datastore.view(root, manifest, files=files, index_root=stage / "indexes")
@@ -298,71 +298,14 @@ def compact(ds, *, wait: bool = False):
     return _reopen(root)
 
 
-def _write_compacted(ds, tmp: Path, deleted: np.ndarray) -> dict[str, Any]:
-    """Write the datastore's files without the tombstoned documents under `tmp`; returns its manifest."""
-    keep_docs = np.ones(ds.n_documents, dtype=bool)
-    keep_docs[deleted] = False
-    keep = keep_docs[ds.doc_index]  # (n,) passages to keep
-    kept_ids = np.nonzero(keep)[0]
-    doc_ids = np.nonzero(keep_docs)[0]
-    doc_new = np.cumsum(keep_docs) - 1  # old doc index -> new doc index (for kept documents)
-    # passage text and offsets
-    lengths = np.diff(ds._offsets.astype(np.int64))[kept_ids]
-    with AtomicWriter(tmp / L.PASSAGE_TEXT) as f:
-        for i in kept_ids:
-            f.write(ds._text[int(ds._offsets[i]) : int(ds._offsets[i + 1])])
-    offsets = np.zeros(len(kept_ids) + 1, dtype=np.uint64)
-    np.cumsum(lengths, out=offsets[1:])
-    save_npy_atomic(tmp / L.PASSAGE_OFFSETS, offsets)
-    new_doc_index = doc_new[ds.doc_index[kept_ids]].astype(np.uint32)
-    save_npy_atomic(tmp / L.PASSAGE_DOC, new_doc_index)
-    # documents
-    rec_off = np.zeros(len(doc_ids) + 1, dtype=np.uint64)
-    with AtomicWriter(tmp / L.DOC_RECORDS) as f:
-        for j_new, j in enumerate(doc_ids):
-            line = ds._records[int(ds._record_offsets[j]) : int(ds._record_offsets[j + 1])]
-            f.write(line)
-            rec_off[j_new + 1] = rec_off[j_new] + len(line)
-    save_npy_atomic(tmp / L.DOC_OFFSETS, rec_off)
-    save_npy_atomic(
-        tmp / L.DOC_PASSAGES,
-        np.searchsorted(new_doc_index, np.arange(len(doc_ids) + 1), side="left").astype(np.uint64),
-    )
-    domain = np.asarray(ds.doc_domain)[doc_ids]
-    save_npy_atomic(tmp / L.DOC_DOMAIN, domain)
-    save_npy_atomic(tmp / L.DOC_TIMESTAMP, np.asarray(ds.doc_timestamp)[doc_ids])
-    m = ds.manifest
-    if m.get("tokens"):
-        ids, off = ds._tokens
-        tok_len = np.diff(off.astype(np.int64))[kept_ids]
-        new_off = np.zeros(len(kept_ids) + 1, dtype=np.uint64)
-        np.cumsum(tok_len, out=new_off[1:])
-        save_npy_atomic(tmp / L.TOKEN_IDS, np.concatenate([ids[int(off[i]) : int(off[i + 1])] for i in kept_ids]))
-        save_npy_atomic(tmp / L.TOKEN_OFFSETS, new_off)
-    # embeddings, resharded to the build's shard size
-    shard_size = int(m["build"]["plan"]["config"]["shard_size"])
-    shards = []
-    for s, a in enumerate(range(0, len(kept_ids), shard_size)):
-        rows = kept_ids[a : a + shard_size]
-        save_npy_atomic(tmp / L.embedding_shard(s), ds.embeddings(rows))
-        shards.append({"file": L.embedding_shard(s), "start": int(a), "rows": int(len(rows))})
+def _assemble_compacted(ds, out: Path, deleted: np.ndarray) -> dict[str, Any]:
+    """Write the datastore without the tombstoned documents under `out`; returns its manifest."""
+    from .assemble import Segment, assemble
 
-    manifest = _bump(m, {"op": "compact", "removed_documents": int(len(deleted)),
-                         "removed_passages": int(len(ds) - len(kept_ids))}, new_generation=True)
-    manifest.pop("deleted", None)
-    counts = np.bincount(domain, minlength=len(m["domains"]))
-    words = sum(len(ds.passage(int(i)).split()) for i in kept_ids)
-    manifest["counts"] = {
-        **m["counts"],
-        "documents": int(len(doc_ids)),
-        "passages": int(len(kept_ids)),
-        "words": int(words),
-        "tokens": int(new_off[-1]) if m.get("tokens") else None,
-        "text_bytes": int(offsets[-1]),
-        "shards": len(shards),
-    }
-    if m.get("tokens"):
-        manifest["tokens"] = {**m["tokens"], "count": int(new_off[-1])}
-    manifest["embeddings"] = {**m["embeddings"], "shards": shards}
-    manifest["domains"] = [{"name": d["name"], "documents": int(counts[i])} for i, d in enumerate(m["domains"])]
-    return manifest
+    live = np.setdiff1d(np.arange(ds.n_documents, dtype=np.int64), deleted.astype(np.int64))
+    meta = ds.meta
+    new = assemble(out, [Segment(ds, live)], shard_size=int(meta.build["plan"]["config"]["shard_size"]),
+                   build=meta.build, inputs=meta.inputs)
+    op = {"op": "compact", "removed_documents": int(len(deleted)), "removed_passages": int(len(ds) - new.counts.passages)}
+    return meta.bump(op, new_generation=True, counts=new.counts, shards=new.shards, domains=new.domains,
+                     tokens=new.tokens, deleted=None).to_json()
