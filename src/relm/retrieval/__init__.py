@@ -1,27 +1,28 @@
-"""Retrieval: exact search, the top-k/merge primitives, faiss ANN indexes and BM25 (hybrid comes next)."""
+"""Retrieval: exact search, the top-k/merge primitives, faiss ANN indexes, BM25, hybrid and sharded.
 
-from .ann import AnnConfig, AnnIndex, add_new_vectors, build_ann_index
-from .ann_tune import evaluate_ann_index, tune_ann_index
-from .bm25 import BM25Config, BM25Index, build_bm25_index
-from .exact import exact_search
-from .planner import PRESETS, Plan, plan_index
+The names below are imported on first use (PEP 562), so that `relm.retrieval.exact` or `.topk`, which
+the datastore needs, do not pull in faiss and bm25s, and importing the datastore never imports the
+retrieval stack that imports it back.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .exact import exact_search  # numpy only: cheap, and the datastore needs them
 from .topk import ResultHeap, merge_topk, topk
 
-__all__ = [
-    "PRESETS",
-    "AnnConfig",
-    "AnnIndex",
-    "BM25Config",
-    "BM25Index",
-    "Plan",
-    "ResultHeap",
-    "add_new_vectors",
-    "build_ann_index",
-    "build_bm25_index",
-    "evaluate_ann_index",
-    "exact_search",
-    "merge_topk",
-    "plan_index",
-    "topk",
-    "tune_ann_index",
-]
+_EXPORTS = {
+    "AnnConfig": "ann", "AnnIndex": "ann", "add_new_vectors": "ann", "build_ann_index": "ann",
+    "evaluate_ann_index": "ann_tune", "tune_ann_index": "ann_tune",
+    "BM25Config": "bm25", "BM25Index": "bm25", "build_bm25_index": "bm25",
+    "PRESETS": "planner", "Plan": "planner", "plan_index": "planner",
+}
+
+__all__ = ["ResultHeap", "exact_search", "merge_topk", "topk", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
