@@ -14,7 +14,7 @@ import pytest
 from relm import BuildConfig, ChunkConfig, ConfigError, DatastoreError, build_datastore
 from relm.retrieval import BM25Config, BM25Index, build_bm25_index
 
-from conftest import corpus_records, write_jsonl
+from conftest import HashEncoder, build_hash_datastore, corpus_records, make_text, write_jsonl
 
 HAND_DOCS = [
     # "lighthouse" twice in a short passage, once in a long one: the short one must rank first
@@ -265,3 +265,127 @@ def test_bad_tokenizer_names_fail_before_building(datastore):
     assert not (datastore.root / "indexes" / "badname").exists()
     with pytest.raises(ConfigError, match="index name"):
         build_bm25_index(datastore, "../escape")
+
+
+# -- update after an add: only the new passages tokenized, identical to a full rebuild --------------
+BM25S_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
+               "params.index.json", "vocab.tokenizer.json", "stopwords.tokenizer.json", "token_ids.npy",
+               "token_offsets.npy")
+UPDATE_QUERIES = ["whale ship captain", "zebras striped", "kernel socket ships", "quokka", "harpooning islands"]
+
+
+def added_records(n: int = 12) -> list[dict]:
+    """New documents: known words, known stems in new surface forms (ships, harpooning), new terms,
+    and a stopwords-only document (a passage of length 0)."""
+    extra = ("ships harpooning captains", "zebra striped zebras", "quokka", "islands")
+    out = [{"id": f"new-{i}", "text": f"{make_text(400 + i, 20)} {extra[i % 4]} novel{i % 5}word"} for i in range(n)]
+    return [*out, {"id": "new-stop", "text": "the and of a an"}]
+
+
+@pytest.fixture
+def hash_ds(tmp_path):
+    ds = build_hash_datastore(tmp_path, n_docs=60)
+    build_bm25_index(ds, "bm25")
+    return ds
+
+
+def add(ds, tmp_path, records):
+    from relm.datastore.update import add_documents
+
+    return add_documents(ds, [write_jsonl(tmp_path / "new.jsonl", records)], encoder=HashEncoder())
+
+
+def assert_same_as_full_rebuild(ds, name: str) -> None:
+    """Index NAME of `ds` equals `build_bm25_index` on `ds` now: every file, array for array, and results."""
+    import bm25s
+
+    full = build_bm25_index(ds, "full-rebuild", BM25Index.open(ds, name).config, overwrite=True)
+    got, want = ds.root / "indexes" / name, ds.root / "indexes" / "full-rebuild"
+    for f in BM25S_FILES:
+        if f.endswith(".npy"):
+            a, b = np.load(got / f), np.load(want / f)
+            assert a.dtype == b.dtype, f
+            np.testing.assert_array_equal(a, b, err_msg=f)
+        else:
+            assert json.loads((got / f).read_text()) == json.loads((want / f).read_text()), f
+        assert (got / f).read_bytes() == (want / f).read_bytes(), f
+    a = bm25s.BM25.load(str(got), load_corpus=False, show_progress=False)
+    b = bm25s.BM25.load(str(want), load_corpus=False, show_progress=False)
+    for key in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(a.scores[key], b.scores[key])
+    assert a.scores["num_docs"] == b.scores["num_docs"] == len(ds) and a.vocab_dict == b.vocab_dict
+    va, vb = (json.loads((d / "vocab.tokenizer.json").read_text()) for d in (got, want))
+    for key in ("word_to_stem", "stem_to_sid", "word_to_id"):  # same terms, same ids, same order
+        assert list(va[key].items()) == list(vb[key].items()), key
+    ga, gb = json.loads((got / "config.json").read_text()), json.loads((want / "config.json").read_text())
+    for key in ("params", "vocabulary_size", "counts", "datastore", "probe", "library"):
+        assert ga[key] == gb[key], key
+    index = BM25Index.open(ds, name)
+    assert index.vocabulary_size == full.vocabulary_size
+    for k in (3, len(ds)):
+        s, i = index.search(UPDATE_QUERIES, k=k)
+        fs, fi = full.search(UPDATE_QUERIES, k=k)
+        np.testing.assert_array_equal(s, fs)
+        np.testing.assert_array_equal(i, fi)
+
+
+def test_add_updates_bm25_incrementally_identical_to_full_rebuild(hash_ds, tmp_path):
+    n_old = len(hash_ds)
+    ds = add(hash_ds, tmp_path, added_records())
+    meta = json.loads((ds.root / "indexes" / "bm25" / "config.json").read_text())
+    assert "load" in meta["stage_seconds"]  # the incremental path, not the fallback
+    assert meta["updates"] == [{"added": len(ds) - n_old, "from_passages": n_old}]
+    assert meta["counts"]["empty_passages"] == 1  # the stopwords-only document
+    assert_same_as_full_rebuild(ds, "bm25")
+    vocab = json.loads((ds.root / "indexes" / "bm25" / "vocab.tokenizer.json").read_text())
+    assert {"zebra", "quokka", "novel0word"} <= set(vocab["stem_to_sid"])  # new terms got ids
+    assert BM25Index.open(ds, "bm25").search("quokka", k=20)[1][0, 0] >= n_old  # and are found
+    # a second add continues from the first update's saved ids
+    more = [{"id": f"more-{i}", "text": f"quokka zebra {make_text(700 + i, 12)} brandnew{i}"} for i in range(4)]
+    ds = add(ds, tmp_path, more)
+    meta = json.loads((ds.root / "indexes" / "bm25" / "config.json").read_text())
+    assert "load" in meta["stage_seconds"] and len(meta["updates"]) == 2
+    assert_same_as_full_rebuild(ds, "bm25")
+
+
+def test_token_cache_round_trips(hash_ds):
+    from relm.retrieval.bm25 import TOKEN_IDS, TOKEN_OFFSETS, _nested_ids
+
+    path = hash_ds.root / "indexes" / "bm25"
+    flat, off = np.load(path / TOKEN_IDS), np.load(path / TOKEN_OFFSETS)
+    assert flat.dtype == np.uint32 and off.dtype == np.uint64 and off.shape == (len(hash_ds) + 1,)
+    index = BM25Index.open(hash_ds, "bm25")
+    assert _nested_ids(flat, off, index.vocabulary_size) == index.tokenize(hash_ds.passages(range(len(hash_ds))))
+
+
+@pytest.mark.parametrize("damage", ["no_saved_ids", "other_library", "bad_offsets", "not_a_prefix"])
+def test_bm25_update_falls_back_to_full_rebuild(hash_ds, tmp_path, damage, caplog):
+    """An index without usable saved term ids (an index built before they were saved, other library
+    versions, damaged files) or whose passages are not a prefix of the datastore's is rebuilt in full."""
+    import logging
+
+    from relm.retrieval.bm25 import TOKEN_IDS, TOKEN_OFFSETS, update_bm25_index
+
+    path = hash_ds.root / "indexes" / "bm25"
+    cfg = json.loads((path / "config.json").read_text())
+    if damage == "no_saved_ids":
+        (path / TOKEN_IDS).unlink()
+        (path / TOKEN_OFFSETS).unlink()
+    elif damage == "other_library":
+        cfg["library"]["bm25s"] = "0.0.1"
+    elif damage == "bad_offsets":
+        np.save(path / TOKEN_OFFSETS, np.load(path / TOKEN_OFFSETS)[:-1])
+    else:
+        cfg["probe"] = "0" * 16
+    (path / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level(logging.INFO, logger="relm.retrieval.bm25"):
+        if damage == "not_a_prefix":  # the datastore as it is, called directly (its own commit)
+            update_bm25_index(hash_ds, "bm25")
+            ds = hash_ds
+        else:
+            ds = add(hash_ds, tmp_path, added_records(5))
+    assert "rebuilt in full" in caplog.text
+    meta = json.loads((path / "config.json").read_text())
+    assert "load" not in meta["stage_seconds"] and "updates" not in meta
+    assert (path / TOKEN_IDS).exists() and (path / TOKEN_OFFSETS).exists()  # the next update can continue
+    assert_same_as_full_rebuild(ds, "bm25")

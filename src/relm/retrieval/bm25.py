@@ -13,7 +13,20 @@ summed over the query's tokens with their repetitions, as bm25s does.
 `DS/indexes/NAME/` holds bm25s's own save format (`data/indices/indptr.csc.index.npy`,
 `vocab.index.json`, `params.index.json`), the bm25s tokenizer's vocabulary and
 stopwords (`vocab.tokenizer.json`, `stopwords.tokenizer.json`) so that queries
-are tokenized exactly as the passages were, and relm's `config.json`, written last.
+are tokenized exactly as the passages were, every passage's term ids
+(`token_ids.npy`, uint32, passage after passage, and `token_offsets.npy`, uint64,
+N + 1 offsets into it), and relm's `config.json`, written last.
+
+After `relm add` (`update_bm25_index`), every stored score changes: idf depends on N
+and each term's document frequency, the length norm on the average passage length,
+so the postings are recomputed by bm25s for the whole corpus. What is saved is the
+tokenization, the larger part of a build: the old passages' term ids come from
+`token_ids.npy`, only the new passages are tokenized, continuing the saved vocabulary
+(new terms get the next ids in first-seen order, as a rebuild in passage order gives
+them), so the index is identical to a full rebuild, array for array. An index
+without the term ids (built before they were saved), built by other bm25s or
+PyStemmer versions, or whose datastore was not only appended to, is rebuilt in full.
+Costs: benchmarks/update_cost.py.
 
 A hit is a passage with a positive score: one sharing a query term of positive
 idf. Passages that match nothing, and passages outside `allowed`, come back as
@@ -34,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..artifacts import load_npy, save_npy_atomic
 from ..config import _from_dict
 from ..errors import ConfigError, DatastoreError
 from ..progress import progress
@@ -70,6 +84,9 @@ METHODS = ("lucene", "robertson", "atire")
 BLOCK_PASSAGES = 8192
 # bm25s stores passage ids as int32.
 MAX_PASSAGES = 2**31 - 1
+# every passage's term ids (uint32, concatenated) and the N + 1 offsets into them (uint64)
+TOKEN_IDS = "token_ids.npy"
+TOKEN_OFFSETS = "token_offsets.npy"
 
 
 @dataclass(frozen=True)
@@ -126,20 +143,43 @@ def _make_stemmer(name: str | None):
         raise ConfigError(f"unknown stemmer {name!r}; choose from {Stemmer.algorithms()} or None") from None
 
 
-def _tokenize_passages(ds, tokenizer: Tokenizer, show_progress: bool | None) -> list[list[int]]:
-    """Token ids of every passage, streamed from `ds` a block at a time, growing the tokenizer's vocabulary.
+def _tokenize_passages(ds, tokenizer: Tokenizer, show_progress: bool | None, start: int = 0,
+                       corpus_ids: list[list[int]] | None = None) -> list[list[int]]:
+    """Token ids of passages [start, N), streamed from `ds` a block at a time, growing the tokenizer's
+    vocabulary; appended to `corpus_ids` (the ids of passages [0, start)) when given.
 
     allow_empty=False: a passage without any term gets no tokens (length 0), not bm25s's "" placeholder
     token, so its length and avgdl are those of the BM25 formula.
     """
     n = len(ds)
-    corpus_ids: list[list[int]] = []
-    with progress(total=n, desc="bm25 tokenize", unit="passage", enabled=show_progress) as bar:
-        for start in range(0, n, BLOCK_PASSAGES):
-            texts = ds.passages(range(start, min(start + BLOCK_PASSAGES, n)))
+    corpus_ids = [] if corpus_ids is None else corpus_ids
+    with progress(total=n - start, desc="bm25 tokenize", unit="passage", enabled=show_progress) as bar:
+        for first in range(start, n, BLOCK_PASSAGES):
+            texts = ds.passages(range(first, min(first + BLOCK_PASSAGES, n)))
             corpus_ids.extend(tokenizer.streaming_tokenize(texts, update_vocab=True, allow_empty=False))
             bar.update(len(texts))
     return corpus_ids
+
+
+def _flat_ids(corpus_ids: list[list[int]], n_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32 term ids of every passage, concatenated; uint64 N + 1 offsets): what TOKEN_IDS/OFFSETS hold."""
+    import itertools
+
+    offsets = np.zeros(len(corpus_ids) + 1, dtype=np.uint64)
+    np.cumsum(np.fromiter(map(len, corpus_ids), dtype=np.uint64, count=len(corpus_ids)), out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(corpus_ids), dtype=np.uint32, count=n_tokens)
+    return flat, offsets
+
+
+def _nested_ids(flat: np.ndarray, offsets: np.ndarray, n_terms: int) -> list[list[int]]:
+    """The inverse of `_flat_ids`: a list of Python int lists, as the tokenizer returns them.
+
+    The ints come from one pool of n_terms objects (an object-array gather, as fast as `tolist`), so
+    each token costs one 8-byte pointer, as in a build, not a 28-byte int object of its own.
+    """
+    ids = np.arange(n_terms).astype(object)[flat].tolist()
+    off = offsets.tolist()
+    return [ids[a:b] for a, b in zip(off[:-1], off[1:], strict=True)]
 
 
 # -- build -----------------------------------------------------------------------------------------
@@ -158,7 +198,8 @@ def build_bm25_index(
     shared with the vocabulary dicts), the tokenizer's dicts (every distinct surface word,
     its stem, the stem's id), then inside `bm25s.BM25.index` three flat arrays of
     12 bytes per (passage, distinct term) pair plus their CSC copy (8 bytes per pair and
-    a transient 16 bytes per pair for the sort). Passage text is held one block at a time.
+    a transient 16 bytes per pair for the sort), and the uint32 copy of the token ids saved
+    for updates (4 bytes per token). Passage text is held one block at a time.
     """
     check_name(name)
     n = len(ds)
@@ -174,15 +215,25 @@ def build_bm25_index(
     tokenizer = make_tokenizer(config)  # before touching the directory: a bad stemmer name leaves no trace
     path = prepare_index_dir(ds, name, overwrite)
     t_start = time.perf_counter()
-    seconds: dict[str, float] = {}
-
     corpus_ids = _tokenize_passages(ds, tokenizer, show_progress)
+    seconds = {"tokenize": time.perf_counter() - t_start}
+    return _index_and_save(ds, name, config, path, tokenizer, corpus_ids, seconds, t_start, show_progress)
+
+
+def _index_and_save(ds, name: str, config: BM25Config, path: Path, tokenizer: Tokenizer,
+                    corpus_ids: list[list[int]], seconds: dict[str, float], t_start: float,
+                    show_progress: bool | None, extra: dict[str, Any] | None = None) -> BM25Index:
+    """What a build and an update share once every passage's term ids are known: score, save, config."""
+    n = len(ds)
     vocab = tokenizer.get_vocab_dict()
     if not vocab:
         raise ConfigError(f"{ds.root}: no passage has a word left after tokenization; nothing to index")
     n_tokens = sum(len(ids) for ids in corpus_ids)
     n_empty = sum(1 for ids in corpus_ids if not ids)
-    seconds["tokenize"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    flat, offsets = _flat_ids(corpus_ids, n_tokens)  # saved for the next update (see update_bm25_index)
+    seconds["token_cache"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     retriever = _index(corpus_ids, vocab, config, _resolve_progress(show_progress))
@@ -193,6 +244,9 @@ def build_bm25_index(
     retriever.save(str(path), show_progress=False)
     tokenizer.save_vocab(str(path))
     tokenizer.save_stopwords(str(path))
+    save_npy_atomic(path / TOKEN_IDS, flat)
+    save_npy_atomic(path / TOKEN_OFFSETS, offsets)
+    del flat, offsets
     seconds["save"] = time.perf_counter() - t0
 
     meta = {
@@ -207,6 +261,7 @@ def build_bm25_index(
         "library": _library_versions(),
         "datastore": bm25_state(ds),
         "probe": text_probe(ds, n),
+        **(extra or {}),
     }
     write_index_config(path, meta)
     log.info(
@@ -216,6 +271,72 @@ def build_bm25_index(
     # the arrays just built, still in memory (re-reading 10+ MB of vocabulary JSON would
     # cost ~5% of the build); `BM25Index.open` maps the saved ones
     return BM25Index(ds, name, read_index_config(ds, name, kind=INDEX_TYPE), retriever, tokenizer)
+
+
+# -- update after an add ---------------------------------------------------------------------------
+def update_bm25_index(ds, name: str, *, source=None, show_progress: bool | None = None) -> BM25Index:
+    """Bring index NAME up to date with the passages appended to `ds` since it was built; the result is
+    the index `build_bm25_index` would build from `ds` now (same scores, vocabulary and results).
+
+    The old passages' term ids are read from the index (TOKEN_IDS), only the new passages are
+    tokenized, continuing the saved vocabulary; bm25s then scores the whole corpus again (idf and the
+    average length changed). Falls back to a full rebuild, with the same config, when the index cannot
+    be continued: no saved term ids, other bm25s/PyStemmer versions, or a datastore that was not only
+    appended to. Inside an index transaction (a writer's view), `source` is the datastore whose
+    index NAME is the old one (the live datastore; default `ds`); outside, the update is its own commit.
+    """
+    check_name(name)
+    if not is_staged(ds):
+        with index_transaction(ds) as view:
+            index = update_bm25_index(view, name, source=ds, show_progress=show_progress)
+        index.ds, index.meta = ds, read_index_config(ds, name, kind=INDEX_TYPE)
+        return index
+    source = ds if source is None else source
+    old = read_index_config(source, name, kind=INDEX_TYPE, check_fresh=False)
+    config = BM25Config.from_dict(old["params"])
+    t_start = time.perf_counter()
+    loaded = _load_prefix(source, name, old, ds, config)
+    if isinstance(loaded, str):
+        log.info("bm25 index %r: rebuilt in full (%s)", name, loaded)
+        return build_bm25_index(ds, name, config, overwrite=True, show_progress=show_progress)
+    tokenizer, corpus_ids = loaded
+    seconds = {"load": time.perf_counter() - t_start}
+    n_old = len(corpus_ids)
+    path = prepare_index_dir(ds, name, overwrite=True)  # after reading: it may be the directory read
+    t0 = time.perf_counter()
+    corpus_ids = _tokenize_passages(ds, tokenizer, show_progress, start=n_old, corpus_ids=corpus_ids)
+    seconds["tokenize"] = time.perf_counter() - t0
+    update = {"added": len(ds) - n_old, "from_passages": n_old}
+    return _index_and_save(ds, name, config, path, tokenizer, corpus_ids, seconds, t_start, show_progress,
+                           extra={"updates": [*old.get("updates", []), update]})
+
+
+def _load_prefix(source, name: str, old: dict[str, Any], ds, config: BM25Config):
+    """(tokenizer with the saved vocabulary, term ids of the indexed passages) when index NAME of
+    `source` can be continued with the passages appended to `ds`; else why not (a string)."""
+    n_old = int(old["counts"]["passages"])
+    if old.get("library") != _library_versions():
+        return f"built with {old.get('library')}, now {_library_versions()}"
+    if n_old > len(ds) or text_probe(ds, n_old) != old.get("probe"):
+        return f"the datastore's first {n_old:,} passages are not the ones indexed"
+    path = index_dir(source, name)
+    if not (path / TOKEN_IDS).exists() or not (path / TOKEN_OFFSETS).exists():
+        return "the index has no saved term ids"
+    try:
+        flat, offsets = load_npy(path / TOKEN_IDS), load_npy(path / TOKEN_OFFSETS)
+        tokenizer = make_tokenizer(config)
+        tokenizer.load_vocab(str(path))
+    except (OSError, ValueError, KeyError) as e:
+        return f"unreadable saved term ids or vocabulary ({e})"
+    n_terms = len(tokenizer.get_vocab_dict())
+    if (
+        flat.dtype != np.uint32 or flat.ndim != 1 or offsets.dtype != np.uint64 or offsets.shape != (n_old + 1,)
+        or int(offsets[0]) != 0 or int(offsets[-1]) != len(flat) or len(flat) != int(old["counts"]["tokens"])
+        or np.any(np.diff(offsets.astype(np.int64)) < 0)
+        or n_terms != int(old["vocabulary_size"]) or (len(flat) and int(flat.max()) >= n_terms)
+    ):
+        return "the saved term ids do not match the index"
+    return tokenizer, _nested_ids(flat, offsets, n_terms)
 
 
 def _index(corpus_ids: list[list[int]], vocab: dict[str, int], config: BM25Config, show: bool) -> bm25s.BM25:

@@ -5,9 +5,10 @@ a writer's view (`Datastore.view` / `index_transaction`) and the caller's one jo
 them in together with the datastore's own files: an add updates every index or none.
 
 - after an add: faiss and sharded indexes get the new vectors (no retraining; domain shards gain a
-  shard per new domain); BM25 is rebuilt, since its scores depend on corpus-wide IDF and the average
-  passage length (bm25s stores precomputed per-posting scores and has no incremental add; the cost
-  is measured in benchmarks/update_cost.py);
+  shard per new domain); BM25 is re-scored in full, since its scores depend on corpus-wide IDF and the
+  average passage length (bm25s stores precomputed per-posting scores), but only the new passages are
+  tokenized: the old ones' term ids are saved in the index (`bm25.update_bm25_index`, identical to a
+  rebuild; the cost is measured in benchmarks/update_cost.py);
 - after a compaction (passage ids renumbered): every index is rebuilt from its stored config, with
   its knobs, and re-tuned to the same target when it was tuned;
 - `refresh_indexes`: every stale index brought up to date (appended to when it can be, else rebuilt);
@@ -54,7 +55,9 @@ def update_indexes(live, view, *, configs: list[dict] | None = None) -> list[str
                 stage_copy(live, view, name)
                 ShardedIndex.open(view, name, check_fresh=False).add_new_vectors()
             elif kind == "bm25":
-                rebuild_index(view, config)
+                from .bm25 import update_bm25_index
+
+                update_bm25_index(view, name, source=live)
             else:
                 raise DatastoreError(f"unknown index type {kind!r}")
         except RelmError as e:
