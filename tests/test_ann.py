@@ -13,6 +13,7 @@ from relm import BuildConfig, ChunkConfig, ConfigError, Datastore, DatastoreErro
 from relm.retrieval import (
     AnnConfig,
     AnnIndex,
+    add_new_vectors,
     build_ann_index,
     evaluate_ann_index,
     plan_index,
@@ -230,7 +231,7 @@ def test_open_round_trip_is_identical(built, ds, data, preset):
     assert cfg["type"] == "faiss" and cfg["name"] == preset and cfg["dim"] == D and cfg["ntotal"] == N
     assert cfg["datastore"]["passages"] == N and cfg["preset"] == preset and cfg["seed"] == 0
     assert set(cfg["build"]["seconds"]) >= {"add", "write", "total"}
-    assert AnnConfig.from_dict(cfg["ann_config"]) == CONFIGS[preset]
+    assert AnnConfig.from_dict(cfg["config"]) == CONFIGS[preset]
 
 
 def test_single_query_vector_and_empty_batch(built, data):
@@ -255,15 +256,13 @@ def test_add_new_vectors_equals_full_build(tmp_path, data):
     grown = Datastore.open(part)
     with pytest.raises(DatastoreError, match="older than the datastore"):
         AnnIndex.open(grown, "flat")
-    stale = AnnIndex.open(grown, "flat", check_fresh=False)
-    assert stale.add_new_vectors(grown) == 3000 and stale.ntotal == N
-    assert stale.add_new_vectors(grown) == 0
+    assert add_new_vectors(grown, "flat") == 3000 and AnnIndex.open(grown, "flat").ntotal == N
+    assert add_new_vectors(grown, "flat") == 0
     reference = build_ann_index(Datastore.open(full), "flat", CONFIGS["flat"])
     a, b = AnnIndex.open(grown, "flat").search(q, 10), reference.search(q, 10)
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[0], b[0])
-    ivf = AnnIndex.open(grown, "ivfpq", check_fresh=False)
-    ivf.add_new_vectors()
+    add_new_vectors(grown, "ivfpq")
     ivf = AnnIndex.open(grown, "ivfpq")
     assert ivf.ntotal == N and ivf.config["updates"][0]["added"] == 3000
     np.testing.assert_array_equal(faiss.extract_index_ivf(ivf.index).quantizer.reconstruct_n(0, 128), centroids)
@@ -276,7 +275,7 @@ def test_add_new_vectors_refuses_rewritten_datastore(tmp_path, data):
     build_ann_index(Datastore.open(root), "flat", CONFIGS["flat"])
     write_vector_datastore(root, [x[::-1], x[:10]], D, generation=1)  # same count + 10, other order
     with pytest.raises(DatastoreError, match="rewritten or compacted"):
-        AnnIndex.open(Datastore.open(root), "flat", check_fresh=False).add_new_vectors()
+        add_new_vectors(Datastore.open(root), "flat")
 
 
 # -- tuning, evaluation, planning -------------------------------------------------------------------

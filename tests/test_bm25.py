@@ -188,7 +188,7 @@ def test_allowed_mask_is_respected(datastore, index, passages):
 def test_saved_index_round_trip(datastore, index):
     path = datastore.root / "indexes" / "bm25"
     meta = json.loads((path / "config.json").read_text())
-    assert meta["type"] == "bm25" and meta["name"] == "bm25" and meta["params"] == asdict(BM25Config())
+    assert meta["type"] == "bm25" and meta["name"] == "bm25" and meta["config"] == asdict(BM25Config())
     assert meta["datastore"] == {"passages": len(datastore), "generation": datastore.generation,
                                  "encoder_fingerprint": None, "dim": None}
     assert meta["vocabulary_size"] == index.vocabulary_size > 0 and meta["build_seconds"] > 0
@@ -318,7 +318,7 @@ def assert_same_as_full_rebuild(ds, name: str) -> None:
     for key in ("word_to_stem", "stem_to_sid", "word_to_id"):  # same terms, same ids, same order
         assert list(va[key].items()) == list(vb[key].items()), key
     ga, gb = json.loads((got / "config.json").read_text()), json.loads((want / "config.json").read_text())
-    for key in ("params", "vocabulary_size", "counts", "datastore", "probe", "library"):
+    for key in ("config", "vocabulary_size", "counts", "datastore", "probe", "library"):
         assert ga[key] == gb[key], key
     index = BM25Index.open(ds, name)
     assert index.vocabulary_size == full.vocabulary_size

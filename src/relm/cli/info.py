@@ -17,6 +17,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..datastore import Datastore
+    from ..retrieval.registry import build_config
 
     ds = Datastore.open(args.datastore)
     info = ds.info()
@@ -44,7 +45,7 @@ def run(args) -> int:
         print(f"timestamps  {format_timestamp(int(ts.min()))} .. {format_timestamp(int(ts.max()))} "
               f"({len(ts):,} documents)")
     for idx in info["indexes"]:
-        what = idx.get("factory") or idx.get("partition", {}).get("by") or idx["type"]
+        what = idx.get("factory") or (build_config(idx).get("by") if idx["type"] == "sharded" else idx["type"])
         print(f"index       {idx['name']} ({idx['type']}: {what}; built at {idx['datastore']['passages']:,} passages)")
     if ds.manifest.get("deleted"):
         d = ds.manifest["deleted"]

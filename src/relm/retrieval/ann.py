@@ -27,12 +27,13 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import _from_dict
 from ..errors import ConfigError, DatastoreError
 from ..progress import progress
 from . import planner
@@ -55,8 +56,11 @@ from .indexes import (
     prepare_index_dir,
     probe_ids,
     read_index_config,
+    stage_copy,
+    write_faiss_index,
     write_index_config,
 )
+from .registry import build_config
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ METRIC = "inner_product"
 
 @dataclass(frozen=True)
 class AnnConfig:
-    """How to build an ANN index; saved in its config.json ("ann_config") and rebuilt with `from_dict`.
+    """How to build an ANN index; saved in its config.json ("config") and rebuilt with `from_dict`.
 
     factory: a preset (`planner.PRESETS`), "auto" (planned from `memory_budget_bytes`), or any faiss
         `index_factory` string (inner-product metric).
@@ -91,9 +95,8 @@ class AnnConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnnConfig:
-        """Rebuild from a config.json's "ann_config" (unknown keys from other versions are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Rebuild from a config.json's "config"; an unknown key is refused (another relm's config)."""
+        return _from_dict(cls, d)
 
 
 # -- resolving the factory --------------------------------------------------------------------------
@@ -220,13 +223,7 @@ def _add_all(index, ds, first: int, block_rows: int, desc: str, show_progress: b
             bar.update(len(block))
 
 
-def _write_index(index, path: Path) -> None:
-    """faiss.write_index to NAME.tmp, fsync, then os.replace: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    _faiss().write_index(index, str(tmp))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+_write_index = write_faiss_index  # (the name tests patch)
 
 
 def build_ann_index(
@@ -304,7 +301,7 @@ def build_ann_index(
             "dim": d,
             "ntotal": int(index.ntotal),
             "structure": structure,
-            "ann_config": config.to_dict(),
+            "config": config.to_dict(),
             "search": search,
             "build": {
                 "seconds": {k: round(v, 4) for k, v in seconds.items()},
@@ -351,7 +348,10 @@ def read_faiss_index(path: Path, structure: dict[str, Any]) -> tuple[Any, str]:
 
 
 class AnnIndex:
-    """An opened faiss index over a datastore: search with passage ids, refine, add appended vectors."""
+    """An opened faiss index over a datastore: search with passage ids, refine, add appended vectors.
+    Implements `relm.retrieval.registry.Index` (kind "faiss")."""
+
+    kind = KIND
 
     def __init__(self, ds, name: str, config: dict[str, Any], index, load_mode: str, *, refine_in_memory: bool = False):
         self.ds = ds
@@ -394,6 +394,24 @@ class AnnIndex:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    @classmethod
+    def rebuild(cls, view, saved: dict[str, Any]) -> None:
+        """Rebuild in `view` exactly as `saved` (a config.json) was built, re-tuned to its target if tuned."""
+        from .ann_tune import tune_ann_index
+
+        name = saved["name"]
+        build_ann_index(view, name, AnnConfig.from_dict(build_config(saved)), overwrite=True)
+        tuning = saved.get("tuning")
+        if tuning:
+            tune_ann_index(view, name, target_recall=tuning["target_recall"], k=tuning["k"],
+                           n_queries=tuning["n_queries"], seed=tuning["seed"])
+
+    @classmethod
+    def update(cls, live, view, name: str) -> None:
+        """Stage NAME with the vectors `view` appended (no retraining: codes use the existing centroids)."""
+        stage_copy(live, view, name)
+        add_new_vectors(view, name)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -489,11 +507,6 @@ class AnnIndex:
             raise ConfigError(f"query vectors have dimension {q.shape[1]}, index {self.name!r} has {self.dim}")
         return np.ascontiguousarray(q)
 
-    def add_new_vectors(self, ds=None, *, show_progress: bool | None = None) -> int:
-        """Add the passages appended since the build ([ntotal, len(ds))), save, and record the new
-        datastore state. No retraining: codes use the existing centroids. Returns how many were added."""
-        return add_new_vectors(ds if ds is not None else self.ds, self.name, show_progress=show_progress, into=self)
-
 
 def _knob(name: str, value: int | None, minimum: int) -> int | None:
     if value is None:
@@ -503,8 +516,13 @@ def _knob(name: str, value: int | None, minimum: int) -> int | None:
     return int(value)
 
 
-def add_new_vectors(ds, name: str, *, show_progress: bool | None = None, into: AnnIndex | None = None) -> int:
-    """Bring index NAME up to date with passages appended to `ds` since it was built (see AnnIndex)."""
+def add_new_vectors(ds, name: str, *, show_progress: bool | None = None) -> int:
+    """Bring index NAME up to date with passages appended to `ds` since it was built; returns how many
+    were added. On a live datastore the update is staged and committed (`index_transaction`)."""
+    if not is_staged(ds):
+        with index_transaction(ds) as view:
+            stage_copy(ds, view, name)
+            return add_new_vectors(view, name, show_progress=show_progress)
     config = read_index_config(ds, name, kind=KIND, check_fresh=False)
     built = config["datastore"]
     now = datastore_state(ds)
@@ -524,7 +542,7 @@ def add_new_vectors(ds, name: str, *, show_progress: bool | None = None, into: A
     if index.ntotal != ntotal:
         raise DatastoreError(f"{path}: holds {index.ntotal:,} vectors, its config says {ntotal:,}; rebuild it")
     t0 = time.perf_counter()
-    _add_all(index, ds, ntotal, int(config["ann_config"]["add_block_rows"]), f"update {name}", show_progress)
+    _add_all(index, ds, ntotal, int(build_config(config)["add_block_rows"]), f"update {name}", show_progress)
     _write_index(index, path)
     added = len(ds) - ntotal
     config = {
@@ -536,26 +554,20 @@ def add_new_vectors(ds, name: str, *, show_progress: bool | None = None, into: A
     }
     write_index_config(path.parent, config)
     log.info("added %d vectors to ANN index %r (now %d)", added, name, index.ntotal)
-    if into is not None:
-        fresh = AnnIndex.open(ds, name)
-        into.ds, into.config, into.index, into.load_mode = ds, fresh.config, fresh.index, fresh.load_mode
-        into._params, into._fetch, into._refiner = {}, shard_reader(ds.embedding_shards), None
-        into._resolved = {}
     return added
 
 
-# tuning, evaluation and planning live in their own modules; re-exported so `relm.retrieval.ann` is the one
-# import for everything about faiss indexes (ann_tune imports this module, hence the late import)
-from .ann_tune import evaluate_ann_index, tune_ann_index  # noqa: E402
-from .planner import Plan, plan_index  # noqa: E402
+# tuning, evaluation and planning live in their own modules; re-exported (on first use: ann_tune imports
+# this module) so that `relm.retrieval.ann` is the one import for everything about faiss indexes
+_REEXPORTS = {"evaluate_ann_index": "ann_tune", "tune_ann_index": "ann_tune", "Plan": "planner", "plan_index": "planner"}
 
-__all__ = [
-    "AnnConfig",
-    "AnnIndex",
-    "Plan",
-    "add_new_vectors",
-    "build_ann_index",
-    "evaluate_ann_index",
-    "plan_index",
-    "tune_ann_index",
-]
+
+def __getattr__(name: str):
+    if name in _REEXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_REEXPORTS[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AnnConfig", "AnnIndex", "add_new_vectors", "build_ann_index", *_REEXPORTS]

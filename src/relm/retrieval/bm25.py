@@ -65,6 +65,7 @@ from .indexes import (
     read_index_config,
     write_index_config,
 )
+from .registry import build_config
 from .topk import PAD_ID, topk
 
 if TYPE_CHECKING:
@@ -252,7 +253,7 @@ def _index_and_save(ds, name: str, config: BM25Config, path: Path, tokenizer: To
     meta = {
         "type": INDEX_TYPE,
         "name": name,
-        "params": asdict(config),
+        "config": asdict(config),
         "vocabulary_size": len(vocab),
         "counts": {"passages": n, "tokens": n_tokens, "empty_passages": n_empty,
                    "postings": int(len(retriever.scores["data"]))},
@@ -293,7 +294,7 @@ def update_bm25_index(ds, name: str, *, source=None, show_progress: bool | None 
         return index
     source = ds if source is None else source
     old = read_index_config(source, name, kind=INDEX_TYPE, check_fresh=False)
-    config = BM25Config.from_dict(old["params"])
+    config = BM25Config.from_dict(build_config(old))
     t_start = time.perf_counter()
     loaded = _load_prefix(source, name, old, ds, config)
     if isinstance(loaded, str):
@@ -375,13 +376,25 @@ def _resolve_progress(show_progress: bool | None) -> bool:
 
 # -- search ----------------------------------------------------------------------------------------
 class BM25Index:
-    """A built BM25 index of a datastore, opened from `DS/indexes/NAME/`."""
+    """A built BM25 index of a datastore, opened from `DS/indexes/NAME/`. Implements
+    `relm.retrieval.registry.Index` (kind "bm25"; it searches texts, not vectors)."""
+
+    kind = INDEX_TYPE
+
+    @classmethod
+    def rebuild(cls, view, saved: dict[str, Any]) -> None:
+        build_bm25_index(view, saved["name"], BM25Config.from_dict(build_config(saved)), overwrite=True)
+
+    @classmethod
+    def update(cls, live, view, name: str) -> None:
+        """Stage NAME with the passages `view` appended (only those are tokenized; see update_bm25_index)."""
+        update_bm25_index(view, name, source=live)
 
     def __init__(self, ds, name: str, meta: dict[str, Any], retriever: bm25s.BM25, tokenizer: Tokenizer):
         self.ds = ds
         self.name = name
         self.meta = meta
-        self.config = BM25Config.from_dict(meta["params"])
+        self.config = BM25Config.from_dict(build_config(meta))
         self._retriever = retriever
         self._tokenizer = tokenizer
         # the bm25s tokenizer caches every word it sees in dicts while tokenizing queries
@@ -394,7 +407,7 @@ class BM25Index:
 
         meta = read_index_config(ds, name, kind=INDEX_TYPE)
         path = index_dir(ds, name)
-        config = BM25Config.from_dict(meta["params"])
+        config = BM25Config.from_dict(build_config(meta))
         try:
             # backend="numpy": the bm25s retrieval path relm is tested with, whatever is installed
             retriever = bm25s.BM25.load(str(path), mmap=mmap, load_corpus=False, show_progress=False,

@@ -177,6 +177,19 @@ def prepare_index_dir(ds, name: str, overwrite: bool) -> Path:
     return path
 
 
+def write_faiss_index(index, path: Path) -> None:
+    """faiss.write_index to NAME.tmp, fsync, then os.replace: readers never see half a file."""
+    import os
+
+    import faiss
+
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def probe_ids(n: int) -> np.ndarray:
     """16 evenly spaced passage ids among the first n: what an index's probe fingerprints."""
     return np.unique(np.linspace(0, n - 1, num=min(16, n)).astype(np.int64)) if n else np.zeros(0, np.int64)

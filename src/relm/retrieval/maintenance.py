@@ -1,6 +1,7 @@
 """Keeping indexes in step with their datastore: after `relm add`, after `relm compact`, on demand.
 
-Nothing here writes a live index. Each function stages the new version of every index it touches in
+Every index type implements `relm.retrieval.registry.Index` (`rebuild`, `update`); this module is a
+loop over the registry. Nothing here writes a live index. Each function stages the new version of every index it touches in
 a writer's view (`Datastore.view` / `index_transaction`) and the caller's one journaled commit swaps
 them in together with the datastore's own files: an add updates every index or none.
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import DatastoreError, RelmError
-from .indexes import check_name, datastore_state, index_transaction, list_indexes, live_index_dir, stage_copy
+from .indexes import check_name, datastore_state, index_transaction, list_indexes, live_index_dir
+from .registry import index_type
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +42,11 @@ def update_indexes(live, view, *, configs: list[dict] | None = None) -> list[str
     is committed. Returns the names staged."""
     touched = []
     for config in list_indexes(live) if configs is None else configs:
-        name, kind = config["name"], config["type"]
+        name = config["name"]
         if is_fresh(view, config):
             continue
         try:
-            if kind == "faiss":
-                from .ann import add_new_vectors
-
-                stage_copy(live, view, name)
-                add_new_vectors(view, name)
-            elif kind == "sharded":
-                from .sharding import ShardedIndex
-
-                stage_copy(live, view, name)
-                ShardedIndex.open(view, name, check_fresh=False).add_new_vectors()
-            elif kind == "bm25":
-                from .bm25 import update_bm25_index
-
-                update_bm25_index(view, name, source=live)
-            else:
-                raise DatastoreError(f"unknown index type {kind!r}")
+            index_type(config["type"]).update(live, view, name)
         except RelmError as e:
             raise _named(name, e, f"nothing was added; remove the index (`relm index {live.root} --remove {name}`) "
                                   "or rebuild it, then add again") from e
@@ -69,25 +56,7 @@ def update_indexes(live, view, *, configs: list[dict] | None = None) -> list[str
 
 def rebuild_index(view, config: dict) -> None:
     """Rebuild index config["name"] in `view` exactly as it was built (and re-tune it if it was tuned)."""
-    name, kind = config["name"], config["type"]
-    if kind == "bm25":
-        from .bm25 import BM25Config, build_bm25_index
-
-        build_bm25_index(view, name, BM25Config.from_dict(config["params"]), overwrite=True)
-    elif kind == "faiss":
-        from .ann import AnnConfig, build_ann_index, tune_ann_index
-
-        build_ann_index(view, name, AnnConfig.from_dict(config["ann_config"]), overwrite=True)
-        tuning = config.get("tuning")
-        if tuning:
-            tune_ann_index(view, name, target_recall=tuning["target_recall"], k=tuning["k"],
-                           n_queries=tuning["n_queries"], seed=tuning["seed"])
-    elif kind == "sharded":
-        from .sharding import ShardConfig, build_sharded_index
-
-        build_sharded_index(view, name, ShardConfig(**config["partition"]), overwrite=True)
-    else:
-        raise DatastoreError(f"cannot rebuild index {name!r} of unknown type {kind!r}")
+    index_type(config["type"]).rebuild(view, config)
 
 
 def _appendable(ds, config: dict) -> bool:

@@ -18,7 +18,6 @@ order faiss gives passages tied at exactly the k-th score.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import load_npy, read_json, save_npy_atomic
+from ..config import _from_dict
 from ..errors import ConfigError, DatastoreError
 from .indexes import (
     check_k,
@@ -36,8 +36,11 @@ from .indexes import (
     is_staged,
     prepare_index_dir,
     read_index_config,
+    stage_copy,
+    write_faiss_index,
     write_index_config,
 )
+from .registry import build_config
 from .topk import PAD_ID, merge_topk
 
 
@@ -140,13 +143,7 @@ class LocalShard:
         return scores, ids.astype(np.int64)
 
     def save(self, path: Path) -> None:
-        import faiss
-
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        write_faiss_index(self.index, path)
 
     @classmethod
     def load(cls, path: Path) -> LocalShard:
@@ -156,6 +153,11 @@ class LocalShard:
 
 
 class ShardedIndex:
+    """Shards of faiss indexes over a partition of the datastore (domain, k-means or LSH), searched and
+    merged by score. Implements `relm.retrieval.registry.Index` (kind "sharded")."""
+
+    kind = "sharded"
+
     def __init__(self, ds, name: str, config: dict, shards: list[LocalShard], routing: np.ndarray | None):
         self.ds, self.name, self.config, self.shards, self.routing = ds, name, config, shards, routing
 
@@ -173,6 +175,15 @@ class ShardedIndex:
         routing = load_npy(path / "routing.npy", mmap=False) if (path / "routing.npy").exists() else None
         return cls(ds, name, config, shards, routing)
 
+    @classmethod
+    def rebuild(cls, view, saved: dict) -> None:
+        build_sharded_index(view, saved["name"], _from_dict(ShardConfig, build_config(saved)), overwrite=True)
+
+    @classmethod
+    def update(cls, live, view, name: str) -> None:
+        stage_copy(live, view, name)
+        cls.open(view, name, check_fresh=False).add_new_vectors()
+
     def route(self, vectors: np.ndarray, probe_shards: int | None) -> np.ndarray:
         """(nq, p) shard ids to search for each query: all shards, or the p nearest by the partition."""
         n = len(self.shards)
@@ -180,7 +191,7 @@ class ShardedIndex:
             return np.broadcast_to(np.arange(n), (len(vectors), n))
         if probe_shards < 1:
             raise ConfigError(f"--probe-shards must be >= 1, got {probe_shards}")
-        by = self.config["partition"]["by"]
+        by = build_config(self.config)["by"]
         if by == "kmeans":
             return nearest_centroids(vectors, self.routing)[:, :probe_shards]
         if by == "lsh":
@@ -207,7 +218,7 @@ class ShardedIndex:
         """Assign and add passages [ntotal, len(ds)) after `relm add`; no retraining. Domain shards
         gain a shard for each domain that appeared since the build."""
         start = int(self.config["datastore"]["passages"])
-        if self.config["partition"]["by"] == "domain" and len(self.ds.domains) > len(self.shards):
+        if build_config(self.config)["by"] == "domain" and len(self.ds.domains) > len(self.shards):
             self._add_domain_shards(start)
         added = _assign_and_add(self.ds, self.shards, self.config, self.routing, start)
         for s, shard in enumerate(self.shards):
@@ -221,7 +232,7 @@ class ShardedIndex:
     def _add_domain_shards(self, start: int) -> None:
         """One new shard per new domain; a trainable shard factory learns on that domain's new passages."""
         new = self.ds.domains[len(self.shards):]
-        factory = self.config["partition"]["factory"]
+        factory = build_config(self.config)["factory"]
         ids = np.arange(start, len(self.ds), dtype=np.int64)
         codes = np.asarray(self.ds.doc_domain)[self.ds.doc_index[ids]] if len(ids) else np.zeros(0, np.int64)
         for code in range(len(self.shards), len(self.ds.domains)):
@@ -251,7 +262,7 @@ def _vectors(ds, start: int, stop: int) -> np.ndarray:
 
 
 def _assignment(ds, config: dict, routing: np.ndarray | None, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    by = config["partition"]["by"]
+    by = build_config(config)["by"]
     if by == "domain":
         return np.asarray(ds.doc_domain)[ds.doc_index[ids]].astype(np.int64)
     if by == "kmeans":
@@ -299,7 +310,7 @@ def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, o
         routing = rng.standard_normal((bits, ds.dim)).astype(np.float32)
     path = prepare_index_dir(ds, name, overwrite)
     shards = [LocalShard.create(ds.dim, config.factory) for _ in range(n_shards)]
-    partial = {"partition": asdict(config), "n_shards": n_shards}
+    partial = {"type": "sharded", "config": asdict(config), "n_shards": n_shards}
     if any(not sh.index.is_trained for sh in shards):
         # trainable shard indexes (IVF, PQ) learn on a sample of their own passages
         sample = np.sort(rng.choice(len(ds), size=min(len(ds), config.train_size), replace=False))
