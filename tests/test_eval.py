@@ -11,7 +11,7 @@ from relm import ConfigError
 from relm.corpus.documents import Document
 from relm.eval.evaluate import Evaluator
 from relm.eval.filters import PassageFilter
-from relm.eval.variants import Variant, adaptive_k, parse_variants, prepend, ralm_blocks
+from relm.eval.variants import Variant, k_from_query_loss, parse_variants, prepend, ralm_blocks
 from relm.eval.windows import WindowConfig, make_windows, pack_streams
 from test_lm import reference_logprobs
 
@@ -59,10 +59,10 @@ def test_window_config_errors():
         WindowConfig(window=1)
 
 
-def test_adaptive_k_follows_query_loss():
-    k = adaptive_k(np.array([0.5, 3.0, 1.0, 2.0, 0.1, 5.0]), 2)
+def test_k_from_query_loss_follows_query_loss():
+    k = k_from_query_loss(np.array([0.5, 3.0, 1.0, 2.0, 0.1, 5.0]), 2)
     assert k.tolist() == [0, 2, 1, 1, 0, 2]
-    assert adaptive_k(np.array([1.0]), 3).tolist() == [0] and len(adaptive_k(np.zeros(0), 3)) == 0
+    assert k_from_query_loss(np.array([1.0]), 3).tolist() == [0] and len(k_from_query_loss(np.zeros(0), 3)) == 0
 
 
 def test_prepend_best_last_and_left_truncation():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from relm import BuildConfig, ChunkConfig, ConfigError, DatastoreError, build_datastore
+from relm.retrieval.retriever import Retriever, RetrieverConfig
 from relm.retro import neighbours as nb
 from relm.retro.neighbours import NeighbourDB, build_neighbours, datastore_stream, full_chunk_ids, text_stream
 
@@ -191,7 +192,8 @@ def test_ann_flat_index_matches_exact(hash_ds, tmp_path):
     build_ann_index(hash_ds, "flat-idx", AnnConfig("flat"), show_progress=False)
     stream, stream_doc = datastore_stream(hash_ds)
     exact = build_neighbours(hash_ds, stream, stream_doc, tmp_path / "exact", k=3)
-    ann = build_neighbours(hash_ds, stream, stream_doc, tmp_path / "ann", k=3, index="flat-idx")
+    ann = build_neighbours(hash_ds, stream, stream_doc, tmp_path / "ann", k=3,
+                           retriever=Retriever(hash_ds, RetrieverConfig("ann", index="flat-idx")))
     assert np.array_equal(ann.ids, exact.ids)
     np.testing.assert_allclose(ann.scores, exact.scores, atol=1e-4)
     assert np.array_equal(ann.neighbours, exact.neighbours)

@@ -7,6 +7,7 @@ import pytest
 
 from relm import BuildConfig, ChunkConfig, ConfigError, build_datastore
 from relm.retrieval import ResultHeap, exact_search, merge_topk, topk
+from relm.retrieval.retriever import Retriever
 
 from conftest import corpus_records
 
@@ -98,14 +99,14 @@ def test_datastore_search_equals_numpy_over_all_vectors(datastore):
     got_s, got_i = datastore.search_vectors(qv, 7)
     np.testing.assert_array_equal(got_i, ref_i)
     np.testing.assert_allclose(got_s, ref_s, rtol=1e-5, atol=1e-6)
-    hits = datastore.search(queries, k=7)
+    hits = Retriever(datastore).search(queries, k=7)
     assert [[h.passage_id for h in row] for row in hits] == ref_i.tolist()
 
 
 def test_search_hits_carry_text_and_metadata(datastore):
     target = 5
     text = datastore.passage(target)
-    (hits,) = datastore.search(text, k=3)
+    (hits,) = Retriever(datastore).search(text, k=3)
     top = hits[0]
     assert top.passage_id == target and top.text == text and top.score > 0.99
     j = int(datastore.doc_index[target])
@@ -118,13 +119,14 @@ def test_search_hits_carry_text_and_metadata(datastore):
 
 
 def test_search_bad_arguments(datastore):
+    r = Retriever(datastore)
     for k in (0, -3):
         with pytest.raises(ConfigError, match="positive"):
-            datastore.search("whale", k=k)
+            r.search("whale", k=k)
     with pytest.raises(ConfigError, match="empty query"):
-        datastore.search(["  "])
+        r.search(["  "])
     with pytest.raises(ConfigError, match="exceeds"):
-        datastore.search("x" * 200_000)
+        r.search("x" * 200_000)
     with pytest.raises(ConfigError, match="dimension"):
         datastore.search_vectors(np.ones((1, 5), np.float32))
     with pytest.raises(IndexError):

@@ -10,6 +10,7 @@ import pytest
 from relm import BuildConfig, ChunkConfig, ConfigError, Datastore, DatastoreError, InputError, build_datastore
 from relm.datastore import layout as L
 from relm.datastore import update as U
+from relm.retrieval.retriever import Retriever
 
 from conftest import corpus_records, make_text, write_jsonl
 
@@ -52,7 +53,7 @@ def test_add_appends_without_touching_existing_ids(ds, tmp_path, encoder):
     assert list(ds2.document_passages(docs)) == list(range(n, n + len(fresh.document_passages(0))))
     assert ds2.manifest["counts"]["passages"] == n + len(fresh)
     assert ds2.manifest["counts"]["shards"] == ds.manifest["counts"]["shards"] + fresh.manifest["counts"]["shards"]
-    (hits,) = ds2.search(ds2.passage(n + 1), k=1)
+    (hits,) = Retriever(ds2).search(ds2.passage(n + 1), k=1)
     assert hits[0].passage_id == n + 1 and hits[0].doc_id.startswith("new-")
     assert not (ds2.root / U.UPDATE_DIR).exists()
 
@@ -77,7 +78,7 @@ def test_delete_tombstones_and_no_search_returns_them(ds):
     allowed = ds2.allowed()
     assert allowed is not None and {int(i) for i in np.nonzero(~allowed)[0]} == gone
     for i in sorted(gone):
-        hits = ds2.search(ds2.passage(i), k=len(ds2))[0]
+        hits = Retriever(ds2).search(ds2.passage(i), k=len(ds2))[0]
         assert gone.isdisjoint(h.passage_id for h in hits)
         assert len(hits) == len(ds2) - len(gone)
     with pytest.raises(ConfigError, match="unknown document id.*nothing was deleted"):

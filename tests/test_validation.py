@@ -135,9 +135,9 @@ def test_configs_reject_bad_values(make, message):
 
 def test_retriever_api_rejects_nan_and_out_of_range(hash_ds):
     from relm.retrieval.fusion import adaptive_k, threshold
-    from relm.retrieval.retriever import ExactRetriever, make_retriever
+    from relm.retrieval.retriever import Retriever, make_retriever
 
-    r = ExactRetriever(hash_ds)
+    r = Retriever(hash_ds)
     for kwargs, message in [
         ({"threshold": float("nan")}, r"threshold \(--threshold\) must be a finite number"),
         ({"threshold": float("inf")}, "finite"),

@@ -23,6 +23,7 @@ from relm.datastore.lock import writer_active, writer_lock
 from relm.retrieval.ann import AnnConfig, AnnIndex, build_ann_index, tune_ann_index
 from relm.retrieval.indexes import list_indexes
 from relm.retrieval.maintenance import refresh_indexes, remove_index
+from relm.retrieval.retriever import Retriever
 from relm.retrieval.sharding import ShardConfig, ShardedIndex, build_sharded_index
 
 from conftest import HashEncoder, build_hash_datastore, make_text, write_jsonl
@@ -141,7 +142,7 @@ def test_a_reader_keeps_its_revision_across_a_compaction(hds):
     U.compact(Datastore.open(hds.root))
     assert [(reader.passage(i), reader.document(int(reader.doc_index[i]))["id"])
             for i in range(len(reader))] == expect
-    hit = reader.search(reader.passage(5), k=1)[0][0]
+    hit = Retriever(reader).search(reader.passage(5), k=1)[0][0]
     assert (hit.text, hit.doc_id) == expect[5]
     assert reader.changed()
     new = reader.reopen_if_changed()

@@ -133,10 +133,13 @@ def rag_prompt(question: str, passages: list[str]) -> str:
     return f"Use the documentation excerpts to answer.\n\n{context}\n\nQuestion: {question}"
 
 
-def answer_questions(ds, lm, questions, *, k: int = 2, max_new_tokens: int = 80, passage_words: int = 150):
-    """Each question answered by the LM alone and with the top-k passages in its prompt (greedy)."""
+def answer_questions(retriever, lm, questions, *, k: int = 2, max_new_tokens: int = 80, passage_words: int = 150):
+    """Each question answered by the LM alone and with the top-k passages a `Retriever` finds in its
+    prompt (greedy)."""
+    from .retrieval.options import SearchOptions
+
     out = []
-    hits_all = ds.search(list(questions), k)
+    hits_all = retriever.search(list(questions), SearchOptions(k=k))
     for q, hits in zip(questions, hits_all, strict=True):
         texts = [" ".join(h.text.split()[:passage_words]) for h in hits]
         out.append(Answer(

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .common import HelpFormatter, add_progress_flags
-from .search import strict_json
+from .search import add_retriever_arguments, retriever_config, strict_json
 
 
 def register(sub) -> None:
@@ -28,8 +28,9 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def add_eval_arguments(p) -> None:
-    """Flags shared by `relm eval` and `relm scale`: the LM, windows, retrieval and filters."""
+def add_eval_arguments(p, *, rename: dict[str, str] | None = None) -> None:
+    """Flags shared by `relm eval` and `relm scale`: the LM, windows, retrieval and filters; `rename`
+    renames retriever flags the command uses for something else."""
     m = p.add_argument_group("language model")
     m.add_argument("--lm", default="smollm2", help="'smollm2', a local HF model directory or a .gguf file")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -49,9 +50,7 @@ def add_eval_arguments(p) -> None:
     r.add_argument("--query-tokens", type=int, default=32, help="q: tokens in a last-q / ralm query")
     r.add_argument("--ralm-stride", type=int, default=32, help="ralm: retrieve every s tokens")
     r.add_argument("--rerank-candidates", type=int, default=8, help="rerank: candidates the LM reorders")
-    r.add_argument("--retriever", default="exact", choices=["exact", "ann"], help="dense search")
-    r.add_argument("--index", metavar="NAME", help="ann: the faiss index")
-    r.add_argument("--bm25-index", metavar="NAME", help="hybrid: the BM25 index")
+    add_retriever_arguments(p, rename={"batch_size": "--query-batch-size", **(rename or {})})
     f = p.add_argument_group("filters on retrieved passages")
     f.add_argument("--no-decontaminate", dest="decontaminate", action="store_false",
                    help="keep passages that copy the scored text (13-gram Jaccard > 0.8 or ≥ 32 shared words)")
@@ -60,8 +59,9 @@ def add_eval_arguments(p) -> None:
     add_progress_flags(p)
 
 
-def check_args(args, variants) -> None:
-    """Every flag and every variant's requirements, checked before the datastore or the LM is loaded."""
+def check_args(args, variants):
+    """Every flag and every variant's requirements, checked before the datastore or the LM is loaded;
+    returns the `RetrieverConfig`."""
     from ..config import check_int
     from ..eval.evaluate import check_variants
 
@@ -70,7 +70,9 @@ def check_args(args, variants) -> None:
     check_int(args.threads, "--threads", minimum=1, optional=True)
     check_int(args.max_context, "--max-context", minimum=2, optional=True)
     check_int(args.min_words, "--min-words", minimum=0)
-    check_variants(variants, retriever=args.retriever, index=args.index, bm25_index=args.bm25_index)
+    config = retriever_config(args)
+    check_variants(variants, config)
+    return config
 
 
 def make_evaluator(args, variants=None):
@@ -79,24 +81,23 @@ def make_evaluator(args, variants=None):
     from ..eval.filters import PassageFilter
     from ..eval.windows import WindowConfig
     from ..lm import LMConfig, load_lm
+    from ..retrieval.retriever import Retriever
 
     variants = variants_from(args) if variants is None else variants
-    check_args(args, variants)
+    config = check_args(args, variants)
     windows = WindowConfig(args.window, args.stride, args.max_windows)
     filters = PassageFilter(decontaminate=args.decontaminate, dedup=args.dedup, min_words=args.min_words)
     lm_config = LMConfig(model=args.lm, device=args.device, dtype=args.dtype,
                          max_batch_tokens=args.max_batch_tokens, threads=args.threads)
     ds = Datastore.open(args.datastore)
     ds.encoder()  # fail early when the datastore's encoder is unavailable
-    if any(v.retriever == "hybrid" for v in variants):
-        from ..retrieval.bm25 import BM25Index
-
-        BM25Index.open(ds, args.bm25_index)  # a missing or stale index fails now, not after scoring
+    retriever = Retriever(ds, config)  # a missing or stale index fails now, not after scoring
+    for v in variants:
+        if v.retriever is not None:
+            retriever.with_kind(v.retriever)  # and so does a variant's (e.g. hybrid's BM25 index)
     lm = load_lm(lm_config)
-    return Evaluator(
-        ds, lm, windows=windows, retriever=args.retriever, index=args.index, bm25_index=args.bm25_index,
-        filters=filters, max_context=args.max_context, batch_size=args.batch_size, show_progress=args.progress,
-    )
+    return Evaluator(retriever, lm, windows=windows, filters=filters, max_context=args.max_context,
+                     batch_size=args.batch_size, show_progress=args.progress)
 
 
 def variants_from(args):

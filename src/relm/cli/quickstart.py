@@ -54,6 +54,7 @@ def run(args) -> int:
         split_corpus,
         timed,
     )
+    from ..retrieval.retriever import Retriever
 
     if not 0 < args.heldout < 1:
         raise ConfigError(f"--heldout must be in (0, 1), got {args.heldout}")
@@ -74,8 +75,9 @@ def run(args) -> int:
     with timed("load_lm", seconds):
         lm = load_lm(LMConfig(model=args.lm, threads=args.threads))
     variants = parse_variants(args.variants, k=args.k)
+    retriever = Retriever(ds)  # exact: the datastore was just built, it has no index yet
     with timed("eval", seconds):
-        ev = Evaluator(ds, lm, windows=WindowConfig(args.window, max_windows=args.max_windows),
+        ev = Evaluator(retriever, lm, windows=WindowConfig(args.window, max_windows=args.max_windows),
                        show_progress=args.progress)
         result = ev.run(read_eval_sets([str(heldout)]), variants)
         summary = result.summary()
@@ -84,7 +86,7 @@ def run(args) -> int:
     plot = plot_eval(summary, out / "eval.png", title="Held-out perplexity, without and with retrieval")
     questions = args.question or (list(QUESTIONS) if not args.corpus else _questions_from(heldout))
     with timed("answers", seconds):
-        answers = answer_questions(ds, lm, questions, k=args.k, max_new_tokens=args.max_new_tokens)
+        answers = answer_questions(retriever, lm, questions, k=args.k, max_new_tokens=args.max_new_tokens)
     print("\n" + format_answers(answers))
     seconds["total"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(out / "quickstart.json", {

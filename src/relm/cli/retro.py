@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .common import HelpFormatter, add_progress_flags
+from .search import add_retriever_arguments, retriever_config
 
 
 def register(sub) -> None:
@@ -23,8 +24,8 @@ def register(sub) -> None:
     n.add_argument("--out", "-o", required=True, metavar="DIR")
     n.add_argument("--eval", nargs="+", metavar="EVAL", help="eval documents instead of the datastore's chunks")
     n.add_argument("-k", type=int, default=2, help="neighbours per chunk")
-    n.add_argument("--index", metavar="NAME", help="search with this ANN index (default: exact)")
     n.add_argument("--overwrite", action="store_true")
+    add_retriever_arguments(n)  # by chunk embedding: exact, ann or sharded
     add_progress_flags(n)
     n.set_defaults(run=run_neighbours)
 
@@ -103,6 +104,7 @@ def register(sub) -> None:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-retrieval", action="store_true")
+    add_retriever_arguments(g)
     g.set_defaults(run=run_generate)
 
 
@@ -119,6 +121,7 @@ def _open_token_datastore(path: str):
 
 def run_neighbours(args) -> int:
     from ..eval.windows import read_eval_sets
+    from ..retrieval.retriever import Retriever
     from ..retro.neighbours import (
         build_neighbours,
         datastore_stream,
@@ -127,15 +130,17 @@ def run_neighbours(args) -> int:
         text_stream,
     )
 
+    config = retriever_config(args)
     ds = _open_token_datastore(args.datastore)
+    retriever = Retriever(ds, config)
     if args.eval:
         docs = [d for _, ds_docs in read_eval_sets(args.eval) for d in ds_docs]
         chunks, excl, _ = text_stream(docs, resolve_tokenizer(ds), ds)
-        db = build_neighbours(ds, chunks, excl, args.out, k=args.k, index=args.index, overwrite=args.overwrite,
+        db = build_neighbours(ds, chunks, excl, args.out, k=args.k, retriever=retriever, overwrite=args.overwrite,
                               show_progress=args.progress, description="eval:" + ",".join(args.eval))
     else:
         chunks, excl = datastore_stream(ds)
-        db = build_neighbours(ds, chunks, excl, args.out, k=args.k, index=args.index, overwrite=args.overwrite,
+        db = build_neighbours(ds, chunks, excl, args.out, k=args.k, retriever=retriever, overwrite=args.overwrite,
                               show_progress=args.progress, description="datastore",
                               query_vectors=ds.embeddings(full_chunk_ids(ds)))
     c = db.manifest["counts"]
@@ -265,28 +270,21 @@ def run_generate(args) -> int:
     import numpy as np
     import torch
 
-    from ..retro.neighbours import gather_neighbours, resolve_tokenizer
+    from ..retrieval.retriever import Retriever
+    from ..retro.neighbours import generation_retriever, resolve_tokenizer
     from ..retro.runs import load_run
 
+    config = retriever_config(args)
     ds = _open_token_datastore(args.datastore)
     model, _ = load_run(args.run_dir)
     tok = resolve_tokenizer(ds)
-    k, m = model.config.n_neighbours, model.config.chunk_size
-
-    def retrieve(chunk: np.ndarray):
-        vec = ds.encode_queries([tok.decode(chunk).strip() or "."])
-        scores, ids = ds.search_vectors(vec, k)
-        if model.config.fusion == "relm":
-            valid = ids[0] >= 0
-            vecs = np.zeros((k, ds.dim), np.float32)
-            vecs[valid] = ds.embeddings(ids[0][valid]).astype(np.float32)
-            return torch.from_numpy(vecs), torch.from_numpy(valid)
-        toks, mask, _ = gather_neighbours(ds, ids, m)
-        return torch.from_numpy(toks[0].astype(np.int64)), torch.from_numpy(mask[0])
-
+    retrieve = None
+    if not args.no_retrieval:
+        retrieve = generation_retriever(Retriever(ds, config), tok, model.config.n_neighbours,
+                                        vectors=model.config.fusion == "relm")
     ids, _ = tok.encode(args.prompt)
     prompt = torch.from_numpy(np.asarray(ids, dtype=np.int64))[None]
-    out = model.generate(prompt, args.max_new_tokens, retrieve=None if args.no_retrieval else retrieve,
-                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    out = model.generate(prompt, args.max_new_tokens, retrieve=retrieve, temperature=args.temperature,
+                         top_p=args.top_p, seed=args.seed)
     print(tok.decode(out[0, prompt.shape[1]:].tolist()))
     return 0

@@ -23,7 +23,7 @@ def register(sub) -> None:
     )
     p.add_argument("datastore", metavar="DS")
     p.add_argument("eval", nargs="+", metavar="EVAL")
-    add_eval_arguments(p)
+    add_eval_arguments(p, rename={"candidates": "--fusion-candidates"})  # --candidates is K here
     p.add_argument("--lms", help="comma list of LMs to compare (overrides --lm), e.g. for L(N, R)")
     p.add_argument("--fractions", default="0.01,0.03,0.1,0.3,1", help="datastore fractions in (0, 1]")
     p.add_argument("--seeds", type=int, default=3, help="subsampling seeds per fraction")

@@ -1,4 +1,7 @@
-"""`relm search DS QUERY` or `relm search DS --queries FILE`: exact dense search."""
+"""`relm search DS QUERY` or `relm search DS --queries FILE`: any retriever, filters, threshold, adaptive k.
+
+Also the retriever flags every command that searches shares (`add_retriever_arguments`).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "search",
         help="search a datastore",
-        description="Exact inner-product search. One query from the command line, or a batch from --queries "
-        "(a .jsonl file with 'id' and 'query' or 'text', a .tsv of 'id<TAB>query', or one query per line).",
+        description="Search with any retriever (exact inner product by default). One query from the command "
+        "line, or a batch from --queries (a .jsonl file with 'id' and 'query' or 'text', a .tsv of "
+        "'id<TAB>query', or one query per line).",
         formatter_class=HelpFormatter,
     )
     p.add_argument("datastore", metavar="DS")
@@ -28,20 +32,7 @@ def register(sub) -> None:
                    help="batch output: one JSON line per query, or a TREC run (qid Q0 passage_id rank score run)")
     p.add_argument("--run-name", default="relm", help="TREC run tag")
     p.add_argument("--json", action="store_true", help="single query: print JSON")
-    p.add_argument("--batch-size", type=int, default=64, help="query encoding batch size")
-    r = p.add_argument_group("retrieval")
-    r.add_argument("--retriever", default="exact", choices=["exact", "ann", "bm25", "hybrid", "sharded"],
-                   help="how to search (ann/bm25/sharded need --index; hybrid needs --bm25-index)")
-    r.add_argument("--index", metavar="NAME", help="the faiss, BM25 or sharded index to use")
-    r.add_argument("--bm25-index", metavar="NAME", help="hybrid: the BM25 index")
-    r.add_argument("--fusion", default="rrf", choices=["rrf", "interpolate", "hierarchical"],
-                   help="hybrid: reciprocal rank fusion, score interpolation, or BM25 top-N -> dense re-score")
-    r.add_argument("--candidates", type=int, default=100, help="hybrid: candidates taken from each run")
-    r.add_argument("--alpha", type=float, default=0.5, help="hybrid interpolate: weight of the dense score")
-    r.add_argument("--nprobe", type=int, help="ann: IVF lists to probe (default: the index's tuned value)")
-    r.add_argument("--ef-search", type=int, help="ann: HNSW efSearch (default: the index's tuned value)")
-    r.add_argument("--refine", type=int, dest="refine_factor", help="ann: exact re-score of k x REFINE")
-    r.add_argument("--probe-shards", type=int, help="sharded: search only the N nearest shards")
+    add_retriever_arguments(p)
     f = p.add_argument_group("filters")
     f.add_argument("--before", metavar="TIME",
                    help="only documents dated before this: ISO 8601 (2020-01-31) or epoch seconds "
@@ -51,8 +42,74 @@ def register(sub) -> None:
     f.add_argument("--threshold", type=float, help="drop hits scoring below this (a finite number)")
     f.add_argument("--adaptive-k", type=float, metavar="GAP",
                    help="cut each list at its largest score drop when that drop exceeds GAP (>= 0)")
-    f.add_argument("--cache-mb", type=float, default=0, help="LRU result cache size for batches (>= 0; 0: off)")
+    f.add_argument("--adaptive-ratio", type=float, metavar="R",
+                   help="adaptive k: keep hits scoring at least R x the best (in [0, 1])")
+    f.add_argument("--adaptive-min-k", type=int, default=1, metavar="N", help="adaptive k: keep at least N hits")
     p.set_defaults(run=run)
+
+
+def add_retriever_arguments(p, *, rename: dict[str, str] | None = None, group=None) -> None:
+    """The flags of a `RetrieverConfig`, one per field (`relm search`, `relm eval`, `relm scale`,
+    `relm retro`); `rename` gives a field another flag where the command uses the default for something
+    else (e.g. {"batch_size": "--query-batch-size"} beside an LM's --batch-size)."""
+    from ..retrieval.options import FLAGS, FUSIONS, RETRIEVERS
+
+    flags = {**FLAGS, **(rename or {})}
+    dests = {f: {"kind": "retriever", "refine_factor": "refine_factor", "cache_bytes": "cache_mb"}.get(
+        f, flag.lstrip("-").replace("-", "_")) for f, flag in flags.items()}
+    r = group or p.add_argument_group("retriever")
+
+    def add(field: str, **kw) -> None:
+        r.add_argument(flags[field], dest=dests[field], **kw)
+
+    add("kind", default="exact", choices=list(RETRIEVERS),
+        help="how to search (ann/sharded need --index, bm25 a BM25 --index or --bm25-index, hybrid --bm25-index)")
+    add("index", metavar="NAME", help="the faiss or sharded index (bm25: the BM25 index); hybrid: dense ANN index")
+    add("bm25_index", metavar="NAME", help="the BM25 index of bm25 and hybrid (and of an eval hybrid variant)")
+    add("fusion", default="rrf", choices=list(FUSIONS),
+        help="hybrid: reciprocal rank fusion, score interpolation, or BM25 top-N -> dense re-score")
+    add("candidates", type=int, default=100, help="hybrid: candidates taken from each run")
+    add("alpha", type=float, default=0.5, help="hybrid interpolate: weight of the dense score")
+    add("rrf_k", type=int, default=60, help="hybrid rrf: the rank offset k of 1 / (k + rank)")
+    add("nprobe", type=int, help="ann: IVF lists to probe (default: the index's tuned value)")
+    add("ef_search", type=int, help="ann: HNSW efSearch (default: the index's tuned value)")
+    add("refine_factor", type=int, help="ann: exact re-score of k x REFINE")
+    add("probe_shards", type=int, help="sharded: search only the N nearest shards")
+    add("batch_size", type=int, default=64, help="query encoding batch size")
+    add("cache_bytes", type=float, default=0, help="LRU result cache size in MiB (>= 0; 0: off)")
+    p.set_defaults(retriever_flags={f: (flags[f], dests[f]) for f in flags})
+
+
+def retriever_config(args):
+    """The `RetrieverConfig` of the flags `add_retriever_arguments` added, each checked under its flag."""
+    from ..config import check_float
+    from ..retrieval.options import RetrieverConfig, check_numbers
+
+    flags = args.retriever_flags
+    values = {f: getattr(args, dest) for f, (_, dest) in flags.items()}
+    cache_mb = check_float(values.pop("cache_bytes"), f"{flags['cache_bytes'][0]} (0: off)", minimum=0, maximum=1e6)
+    values |= check_numbers(values, lambda f: flags[f][0])
+    values["cache_bytes"] = int(cache_mb * 2**20)
+    return RetrieverConfig(**values)
+
+
+def search_options(args):
+    """The `SearchOptions` of `relm search`'s -k and filter flags, each checked under its flag."""
+    from ..config import check_float, check_int
+    from ..retrieval.options import AdaptiveK, SearchOptions, time_bound
+
+    if args.k <= 0:
+        raise ConfigError(f"-k must be a positive integer, got {args.k}")
+    check_float(args.threshold, "--threshold", optional=True)
+    check_float(args.adaptive_k, "--adaptive-k GAP (a score drop)", minimum=0, optional=True)
+    check_float(args.adaptive_ratio, "--adaptive-ratio", minimum=0, maximum=1, optional=True)
+    check_int(args.adaptive_min_k, "--adaptive-min-k", minimum=0)
+    adaptive = None
+    if args.adaptive_k is not None or args.adaptive_ratio is not None:
+        adaptive = AdaptiveK(max_drop=args.adaptive_k, max_ratio=args.adaptive_ratio or 0.0,
+                             min_k=args.adaptive_min_k)
+    return SearchOptions(k=args.k, before=time_bound(args.before, "--before"), after=time_bound(args.after, "--after"),
+                         domains=tuple(args.domain), threshold=args.threshold, adaptive=adaptive)
 
 
 def read_queries(path: str) -> list[tuple[str, str]]:
@@ -92,27 +149,12 @@ def read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def check_args(args) -> tuple[int | None, int | None]:
-    """Every flag checked before the datastore is opened; returns the (--before, --after) bounds."""
-    from ..config import check_float, check_int
-
+def check_args(args):
+    """Every flag checked before the datastore is opened: (RetrieverConfig, SearchOptions)."""
     if (args.query is None) == (args.queries is None):
         raise ConfigError("give either a QUERY or --queries FILE")
-    if args.k <= 0:
-        raise ConfigError(f"-k must be a positive integer, got {args.k}")
-    check_int(args.batch_size, "--batch-size", minimum=1)
-    check_int(args.candidates, "--candidates", minimum=1)
-    check_float(args.alpha, "--alpha", minimum=0, maximum=1)
-    for flag, value in (("--nprobe", args.nprobe), ("--ef-search", args.ef_search),
-                        ("--refine", args.refine_factor), ("--probe-shards", args.probe_shards)):
-        check_int(value, flag, minimum=1, optional=True)
-    check_float(args.threshold, "--threshold", optional=True)
-    check_float(args.adaptive_k, "--adaptive-k GAP (a score drop)", minimum=0, optional=True)
-    check_float(args.cache_mb, "--cache-mb (0: off)", minimum=0, maximum=1e6)
-    before, after = _time(args.before, "--before"), _time(args.after, "--after")
-    if before is not None and after is not None and after >= before:
-        raise ConfigError(f"--after {args.after} is not earlier than --before {args.before}: no document can match")
-    return before, after
+    opts = search_options(args)
+    return retriever_config(args), opts
 
 
 def _no_constant(name: str):
@@ -121,23 +163,13 @@ def _no_constant(name: str):
 
 def run(args) -> int:
     from ..datastore import Datastore
+    from ..retrieval.retriever import Retriever
 
-    before, after = check_args(args)
-    from ..retrieval.retriever import make_retriever
-
+    config, opts = check_args(args)
     ds = Datastore.open(args.datastore)
     queries = [("1", args.query)] if args.query is not None else read_queries(args.queries)
-    retriever = make_retriever(
-        ds, args.retriever, index=args.index, bm25_index=args.bm25_index, fusion=args.fusion,
-        candidates=args.candidates, alpha=args.alpha, nprobe=args.nprobe, ef_search=args.ef_search,
-        refine_factor=args.refine_factor, probe_shards=args.probe_shards,
-        cache_bytes=int(args.cache_mb * 2**20), batch_size=args.batch_size,
-    )
-    results = retriever.search(
-        [q for _, q in queries], args.k,
-        before=before, after=after, domains=args.domain or None,
-        threshold=args.threshold, adaptive={"max_drop": args.adaptive_k} if args.adaptive_k is not None else None,
-    )
+    retriever = Retriever(ds, config)
+    results = retriever.search([q for _, q in queries], opts)
     if retriever.cache is not None:
         st = retriever.cache.stats
         print(f"cache: {st.hits} hits, {st.misses} misses (hit rate {st.hit_rate:.1%})", file=sys.stderr)
@@ -176,21 +208,6 @@ def strict_json(value):
         pairs = [strict_json(v) for v in value]
         return [v for v, _ in pairs], sum(n for _, n in pairs)
     return value, 0
-
-
-def _time(value: str | None, flag: str) -> int | None:
-    from ..corpus.documents import TIMESTAMP_FORMATS, parse_timestamp
-
-    if value is None:
-        return None
-    try:
-        ts = parse_timestamp(value)
-    except (ValueError, OverflowError) as e:
-        hint = "" if "accepted:" in str(e) else f"; accepted: {TIMESTAMP_FORMATS}"
-        raise ConfigError(f"{flag} {value!r}: {e}{hint}") from e
-    if ts is None:
-        raise ConfigError(f"{flag} is empty; accepted: {TIMESTAMP_FORMATS}")
-    return ts
 
 
 def _print_hits(hits, out) -> None:

@@ -23,9 +23,8 @@ from ..corpus.documents import NO_TIMESTAMP, format_timestamp
 from ..errors import ConfigError, DatastoreError
 from ..retrieval.exact import exact_search
 from ..retrieval.indexes import check_k
+from ..retrieval.options import check_queries
 from . import layout as L
-
-MAX_QUERY_CHARS = 100_000
 
 
 @dataclass
@@ -298,14 +297,10 @@ class Datastore:
             self._encoder = enc
         return self._encoder
 
-    def encode_queries(self, queries: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        for q in queries:
-            if not isinstance(q, str) or not q.strip():
-                raise ConfigError("empty query; give some text to search for")
-            if len(q) > MAX_QUERY_CHARS:
-                raise ConfigError(f"query of {len(q)} characters exceeds {MAX_QUERY_CHARS}; shorten it")
+    def encode_queries(self, queries: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Query texts embedded with this datastore's encoder: float32 (nq, dim)."""
         return self.encoder().encode(
-            list(queries), batch_size=batch_size, normalize=self.manifest["encoder"]["normalize"]
+            check_queries(queries), batch_size=batch_size, normalize=self.manifest["encoder"]["normalize"]
         )
 
     def search_vectors(
@@ -313,24 +308,14 @@ class Datastore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k by inner product for query vectors (nq, d): (scores, passage ids).
 
-        `allowed` defaults to `self.allowed()` (everything but tombstoned documents).
+        `allowed` defaults to `self.allowed()` (everything but tombstoned documents). This is the exact
+        primitive; to search text, with filters, a cache or another index, use `relm.retrieval.Retriever`.
         """
         check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.shape[1] != self.dim:
             raise ConfigError(f"query vectors have dimension {vectors.shape[1]}, datastore has {self.dim}")
         return exact_search(vectors, self.embedding_shards, k, allowed=self.allowed() if allowed is None else allowed)
-
-    def search(self, queries: str | Sequence[str], k: int = 10, batch_size: int = 64) -> list[list[Hit]]:
-        """Exact dense search: for each query, its k best passages as `Hit`s, best first.
-
-        For ANN, BM25, hybrid and sharded search, filters and thresholds, use `relm.retrieval.Retriever`.
-        """
-        check_k(k)
-        if isinstance(queries, str):
-            queries = [queries]
-        scores, ids = self.search_vectors(self.encode_queries(queries, batch_size), k)
-        return [self.hits(s, i) for s, i in zip(scores, ids, strict=True)]
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Materialise one query's (scores, ids) row into `Hit`s (skipping padding)."""

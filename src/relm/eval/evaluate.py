@@ -1,13 +1,15 @@
 """Retrieval-augmented LM evaluation: windows, retrieval per variant, one batched scoring pass.
 
-    ev = Evaluator(ds, lm, windows=WindowConfig(1024), retriever="exact")
+    ev = Evaluator(Retriever(ds, RetrieverConfig("ann", index="hnsw")), lm, windows=WindowConfig(1024))
     result = ev.run(read_eval_sets(["eval/pydocs.jsonl.gz"]), [Variant("massiveds", k=3)])
     result.summary()["overall"]["massiveds"]["perplexity"]
 
-What is shared is computed once: each window is scored without retrieval once (that pass also gives
-the LM's loss on the query, for adaptive k), each distinct query text is encoded once, each passage
-tokenized once, and identical LM inputs across variants are scored once. Every LM input of every
-variant goes through `lm.score` together, in length-sorted padded batches.
+Every variant searches through a `Retriever` (the Evaluator's, or that one as another kind for a variant
+that names one, e.g. `hybrid`), so eval retrieval takes the same filters, cache and indexes as
+`relm search`. What is shared is computed once: each window is scored without retrieval once (that pass
+also gives the LM's loss on the query, for the adaptive variant), each distinct query text of a search
+is encoded once, each passage tokenized once, and identical LM inputs across variants are scored once.
+Every LM input of every variant goes through `lm.score` together, in length-sorted padded batches.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..errors import ConfigError
 from ..lm.base import ScoreRequest
 from .filters import PassageFilter, apply_filters
 from .metrics import paired_bootstrap, summarize
-from .variants import Variant, adaptive_k, prepend, ralm_blocks
+from .variants import Variant, k_from_query_loss, prepend, ralm_blocks
 from .windows import Window, WindowConfig, make_windows, pack_streams
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,12 @@ def compare(nll_a: np.ndarray, nll_b: np.ndarray, tokens: np.ndarray, *, n_boot:
     return vs
 
 
-def check_variants(variants: list[Variant], *, retriever: str = "exact", index: str | None = None,
-                   bm25_index: str | None = None) -> None:
-    """What every variant needs, checked before the LM is loaded or anything is scored."""
+def check_variants(variants: list[Variant], config=None) -> None:
+    """What every variant needs from the retriever config (a `RetrieverConfig`, default exact), checked
+    before the LM is loaded or anything is scored."""
+    from ..retrieval.options import RetrieverConfig
+
+    config = RetrieverConfig() if config is None else config
     if not variants:
         raise ConfigError("no variants to evaluate; name at least one (--variants)")
     for v in variants:
@@ -64,14 +69,13 @@ def check_variants(variants: list[Variant], *, retriever: str = "exact", index: 
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"variant names must be distinct, got {names}")
-    if retriever not in ("exact", "ann"):
-        raise ConfigError(f"dense retriever must be exact or ann, got {retriever!r}")
-    if retriever == "ann" and not index:
-        raise ConfigError("--retriever ann needs --index NAME (a faiss index; list them with `relm info DS`)")
-    hybrid = [v.name for v in variants if v.retriever == "hybrid"]
-    if hybrid and not bm25_index:
-        raise ConfigError(f"variant(s) {', '.join(hybrid)} need --bm25-index NAME (build one with "
+    sparse = [v.name for v in variants if v.retriever in ("bm25", "hybrid")]
+    if sparse and not config.bm25_index:
+        raise ConfigError(f"variant(s) {', '.join(sparse)} need --bm25-index NAME (build one with "
                           "`relm index DS --name NAME --bm25`)")
+    for v in variants:
+        if v.retriever is not None:
+            config.with_kind(v.retriever)  # refuses what that kind cannot do with this config
 
 
 @dataclass
@@ -148,10 +152,14 @@ class EvalResult:
 class Evaluator:
     """Evaluates an LM on windows of eval text, without and with retrieval from a datastore."""
 
-    def __init__(self, ds, lm, *, windows: WindowConfig = WindowConfig(), retriever: str = "exact",
-                 index: str | None = None, bm25_index: str | None = None, filters: PassageFilter = PassageFilter(),
+    def __init__(self, retriever, lm, *, windows: WindowConfig = WindowConfig(), filters: PassageFilter = PassageFilter(),
                  max_context: int | None = None, batch_size: int | None = None, show_progress: bool | None = None):
-        self.ds, self.lm = ds, lm
+        """`retriever`: a `Retriever`, or a `Datastore` to search exactly."""
+        from ..retrieval.retriever import Retriever
+
+        self.retriever = retriever if isinstance(retriever, Retriever) else Retriever(retriever)
+        self._retrievers = {self.retriever.kind: self.retriever}
+        self.lm = lm
         self.window_config, self.filters = windows, filters
         check_int(max_context, "max_context (--max-context)", minimum=2, optional=True)
         check_int(batch_size, "batch_size (--batch-size)", minimum=1, optional=True)
@@ -159,15 +167,7 @@ class Evaluator:
         if windows.window > self.limit:
             raise ConfigError(f"--window {windows.window} exceeds the LM's context of {self.limit} tokens; "
                               "pass a smaller --window")
-        from ..retrieval.retriever import make_retriever
-
-        if retriever not in ("exact", "ann"):
-            raise ConfigError(f"dense retriever must be exact or ann, got {retriever!r}")
-        self.dense = make_retriever(ds, retriever, index=index)
-        self._bm25_index, self._index = bm25_index, index if retriever == "ann" else None
-        self._hybrid = None
         self.batch_size, self.show_progress = batch_size, show_progress
-        self._vectors: dict[str, np.ndarray] = {}
         self._passage_ids: dict[int, np.ndarray] = {}
         self._texts: dict[int, str] = {}
 
@@ -187,9 +187,9 @@ class Evaluator:
         return windows
 
     def run(self, eval_sets: list[tuple[str, list]], variants: list[Variant]) -> EvalResult:
-        check_variants(variants, retriever=self.dense.kind, index=self._index, bm25_index=self._bm25_index)
-        if any(v.retriever == "hybrid" for v in variants):
-            self._hybrid_retriever()  # open the BM25 index now, not after the no-retrieval pass
+        check_variants(variants, self.retriever.config)
+        for v in variants:
+            self.retriever_for(v)  # open every variant's indexes now, not after the no-retrieval pass
         windows = self.windows(eval_sets)
         t0 = time.perf_counter()
         # the no-retrieval pass also scores the query tokens (for adaptive k and the per-window records):
@@ -206,7 +206,7 @@ class Evaluator:
             runs[v.name] = self.run_variant(v, windows, full)
         settings = {"windows": self.window_config.__dict__, "n_windows": len(windows), "lm": self.lm.identity(),
                     "max_context": self.limit, "filters": self.filters.__dict__,
-                    "retriever": {"dense": self.dense.kind, "index": self._index, "bm25_index": self._bm25_index},
+                    "retriever": self.retriever.config.to_dict(),
                     "datastore": {"root": str(self.ds.root), "passages": len(self.ds)},
                     "baseline_seconds": base_s}
         return EvalResult(windows, baseline, self.query_losses(windows, full, 32), runs, settings)
@@ -234,7 +234,7 @@ class Evaluator:
             chosen = self.rerank(v, windows, chosen)
         ks = np.full(len(windows), v.k, dtype=np.int64)
         if v.adaptive:
-            ks = adaptive_k(self.query_losses(windows, full, v.query_tokens if v.query == "last" else None), v.k)
+            ks = k_from_query_loss(self.query_losses(windows, full, v.query_tokens if v.query == "last" else None), v.k)
         chosen = [c[:k] for c, k in zip(chosen, ks, strict=True)]
         t2 = time.perf_counter()
         lps = self.score_with_passages(windows, chosen, baseline=full)
@@ -292,7 +292,7 @@ class Evaluator:
     def retrieve(self, v: Variant, queries: list[str], scored: list[str], k: int) -> tuple[list[list[int]], Counter]:
         """Per query, up to max(k, rerank) passage ids that pass the filters, best first."""
         want = max(k, v.rerank)
-        scores, ids = self.search(v.retriever, queries, want * CANDIDATE_SLACK)
+        scores, ids = self.search(v, queries, want * CANDIDATE_SLACK)
         del scores
         removed: Counter = Counter()
         out = []
@@ -303,27 +303,23 @@ class Evaluator:
             out.append([cand[j] for j in kept[:want]])
         return out, removed
 
-    def search(self, kind: str, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) for query texts; dense query vectors are encoded once per distinct text."""
-        k = min(k, len(self.ds))
-        if kind == "hybrid":
-            return self._hybrid_retriever().search_ids(queries, k)
-        missing = list(dict.fromkeys(q for q in queries if q not in self._vectors))
-        if missing:
-            for q, vec in zip(missing, self.ds.encode_queries(missing), strict=True):
-                self._vectors[q] = vec
-        vecs = np.stack([self._vectors[q] for q in queries])
-        return self.dense.search_vectors(vecs, k, self.ds.allowed())
+    @property
+    def ds(self):
+        return self.retriever.ds
 
-    def _hybrid_retriever(self):
-        if self._hybrid is None:
-            from ..retrieval.retriever import make_retriever
+    def retriever_for(self, v: Variant):
+        """The Retriever variant v searches with: the Evaluator's, or that one as the variant's kind."""
+        kind = v.retriever or self.retriever.kind
+        if kind not in self._retrievers:
+            self._retrievers[kind] = self.retriever.with_kind(kind)
+        return self._retrievers[kind]
 
-            if not self._bm25_index:
-                raise ConfigError("the hybrid variant needs --bm25-index NAME (build one with `relm index DS "
-                                  "--name NAME --bm25`)")
-            self._hybrid = make_retriever(self.ds, "hybrid", index=self._index, bm25_index=self._bm25_index)
-        return self._hybrid
+    def search(self, v: Variant, queries: list[str], k: int, *, subsample=None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the top k (at most the datastore's size) for each query text, through the
+        variant's retriever; `subsample` (a `Subsample`) searches that subsample of the datastore."""
+        from ..retrieval.options import SearchOptions
+
+        return self.retriever_for(v).search_ids(queries, SearchOptions(k=min(k, len(self.ds)), subsample=subsample))
 
     def rerank(self, v: Variant, windows: list[Window], chosen: list[list[int]]) -> list[list[int]]:
         """In-Context RALM reranking: order each window's candidates by log p(last q context tokens |

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..lm.base import ScoreRequest
+from ..retrieval.options import Subsample
 from .evaluate import CANDIDATE_SLACK, Evaluator
 from .filters import apply_filters
 from .metrics import summarize
@@ -60,8 +61,9 @@ def run_scaling(ev: Evaluator, eval_sets, variant: Variant, fractions: list[floa
     k = variant.k
     if candidates < k:
         raise ConfigError(f"--candidates K = {candidates} < k = {k}; K must be at least k")
-    if direct and variant.retriever != "dense":
-        raise ConfigError("--direct re-searches a subsampled datastore densely; use a dense variant with it")
+    if direct and ev.retriever_for(variant).kind == "hybrid":
+        raise ConfigError("--direct re-searches a subsampled datastore, which changes a fusion's ranks; use a "
+                          "dense or BM25 retriever with it")
     warnings = check_candidates(candidates, fractions, k * CANDIDATE_SLACK)
     for w in warnings:
         log.warning(w)
@@ -74,7 +76,7 @@ def run_scaling(ev: Evaluator, eval_sets, variant: Variant, fractions: list[floa
     queries = [ev._query_text(w.context_ids, variant) for w in windows]
     scored_text = [ev.lm.decode(w.target_ids) for w in windows]
     K = min(candidates, len(ev.ds))
-    scores, ids = ev.search(variant.retriever, queries, K)
+    scores, ids = ev.search(variant, queries, K)
     t2 = time.perf_counter()
     token_counts = passage_tokens(ev.ds, ev.lm) if token_counts is None else token_counts
 
@@ -84,12 +86,8 @@ def run_scaling(ev: Evaluator, eval_sets, variant: Variant, fractions: list[floa
             _, surv = subsample_topk(scores, ids, p, min(k * CANDIDATE_SLACK, K), seed)
             combos.append(("after-retrieval", p, seed, _filtered(ev, surv, scored_text, k)))
     for p in check_fractions(direct) if direct else []:
-        vecs = np.stack([ev._vectors[q] for q in queries])
         for seed in range(seeds):
-            allowed = kept_passages(len(ev.ds), p, seed)
-            base = ev.ds.allowed()
-            allowed = allowed if base is None else allowed & base
-            _, surv = ev.dense.search_vectors(vecs, min(k * CANDIDATE_SLACK, len(ev.ds)), allowed)
+            _, surv = ev.search(variant, queries, k * CANDIDATE_SLACK, subsample=Subsample(p, seed))
             combos.append(("direct", p, seed, _filtered(ev, surv, scored_text, k)))
     t3 = time.perf_counter()
     lps = ev.score_with_passages([w for _ in combos for w in windows], [c for *_, ch in combos for c in ch],

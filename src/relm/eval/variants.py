@@ -5,10 +5,13 @@
 - ralm (In-Context RALM, Ram et al. 2023): every `stride` scored tokens, the last `query_tokens`
   tokens are the query and the retrieved passage is prepended for the next `stride` tokens.
 - query "last": the last q tokens before the scored span instead of the whole context.
-- retriever "hybrid": BM25 + dense fusion (the datastore's BM25 index).
+- retriever: None searches with the Evaluator's Retriever; a kind ("hybrid": BM25 + dense fusion over the
+  retriever config's BM25 index, or "exact", "ann", "bm25", "sharded") searches with that config turned
+  into that kind (`RetrieverConfig.with_kind`).
 - rerank N: In-Context RALM's reranking: the top N candidates are ordered by the LM's own
   log-probability of the last q context tokens given the passage and the context before them.
-- adaptive: the number of passages per window follows the LM's loss on its query (see adaptive_k).
+- adaptive: the number of passages per window follows the LM's loss on its query (`k_from_query_loss`;
+  not the retriever's score-gap `AdaptiveK`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import numpy as np
 
 from ..config import check_int
 from ..errors import ConfigError
+from ..retrieval.options import RETRIEVERS
 
 PROTOCOLS = ("massiveds", "ralm")
 QUERIES = ("context", "last")
-RETRIEVERS = ("dense", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,14 @@ class Variant:
     k: int = 3
     query: str = "context"
     query_tokens: int = 32
-    retriever: str = "dense"
+    retriever: str | None = None  # None: the Evaluator's retriever; else that retriever as this kind
     rerank: int = 0
     adaptive: bool = False
     stride: int = 32  # ralm only
 
     def __post_init__(self):
         for field, value, choices in (("protocol", self.protocol, PROTOCOLS), ("query", self.query, QUERIES),
-                                      ("retriever", self.retriever, RETRIEVERS)):
+                                      ("retriever", self.retriever, (None, *RETRIEVERS))):
             if value not in choices:
                 raise ConfigError(f"variant {self.name!r}: {field} must be one of {choices}, got {value!r}")
         if not isinstance(self.name, str) or not self.name.strip():
@@ -82,7 +85,7 @@ def parse_variants(names: str, **shared) -> list[Variant]:
     return out
 
 
-def adaptive_k(query_loss: np.ndarray, k_max: int) -> np.ndarray:
+def k_from_query_loss(query_loss: np.ndarray, k_max: int) -> np.ndarray:
     """Passages per window from the LM's uncertainty on its query (mean NLL, i.e. log perplexity):
     windows are ranked by that loss and the quantile u_i = rank_i / n maps to k_i = ⌊u_i·(k_max+1)⌋,
     so the most confident (k_max+1)-th of the windows gets no passage and the least confident gets

@@ -1,14 +1,15 @@
-"""An LRU cache of search results, bounded in bytes.
+"""An LRU cache of search results, bounded in bytes and safe to share between threads.
 
-Keys are the normalised query text (case-folded, whitespace collapsed) plus
-everything that changes the answer: the retriever's settings and the
-datastore's revision, so any update (add, delete, compact) invalidates every
-cached entry without a scan. Values are the (scores, ids) rows of one query.
+A key is the query exactly as given (text, or a query vector's bytes: no case folding or whitespace
+collapsing, since a cased encoder embeds "Apple" and "apple" differently), the search options that change
+the answer and the datastore revision, so an update (add, delete, compact) never serves a stale entry;
+`Retriever.refresh` also drops the old revision's entries. Values are the (scores, ids) rows of one query.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +17,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-
-
-def normalize_query(text: str) -> str:
-    return " ".join(text.casefold().split())
 
 
 @dataclass
@@ -47,35 +44,42 @@ class ResultCache:
         max_bytes = int(max_bytes)
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, int]] = OrderedDict()
+        self._lock = threading.Lock()
         self.stats = CacheStats(max_bytes=max_bytes)
 
     @staticmethod
-    def key(query: str, settings: tuple, revision: int) -> tuple:
-        return (normalize_query(query), settings, revision)
+    def key(query: str | bytes, settings: Any, revision: int) -> tuple:
+        """The key of one query's result: the query as given, the (hashable) settings, the revision."""
+        return (query, settings, revision)
 
     def get(self, key: tuple) -> tuple[np.ndarray, np.ndarray] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self.stats.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.stats.hits += 1
-        return entry[0], entry[1]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.stats.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.stats.hits += 1
+            return entry[0], entry[1]  # stored copies, never written to
 
     def put(self, key: tuple, scores: np.ndarray, ids: np.ndarray) -> None:
         size = scores.nbytes + ids.nbytes + sys.getsizeof(key[0]) + 64  # 64: tuple and dict overhead
         if size > self.max_bytes:
             return
-        if key in self._entries:
-            self.stats.bytes -= self._entries.pop(key)[2]
-        self._entries[key] = (scores.copy(), ids.copy(), size)
-        self.stats.bytes += size
-        while self.stats.bytes > self.max_bytes:
-            _, (_, _, old) = self._entries.popitem(last=False)
-            self.stats.bytes -= old
-            self.stats.evictions += 1
-        self.stats.entries = len(self._entries)
+        scores, ids = scores.copy(), ids.copy()
+        scores.flags.writeable = ids.flags.writeable = False
+        with self._lock:
+            if key in self._entries:
+                self.stats.bytes -= self._entries.pop(key)[2]
+            self._entries[key] = (scores, ids, size)
+            self.stats.bytes += size
+            while self.stats.bytes > self.max_bytes:
+                _, (_, _, old) = self._entries.popitem(last=False)
+                self.stats.bytes -= old
+                self.stats.evictions += 1
+            self.stats.entries = len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self.stats.bytes = self.stats.entries = 0
+        with self._lock:
+            self._entries.clear()
+            self.stats.bytes = self.stats.entries = 0

@@ -1,322 +1,304 @@
-"""One Retriever API over every way relm searches.
+"""The one way relm searches: a `Retriever` over a datastore, configured by a `RetrieverConfig`.
 
-    retriever = make_retriever(ds, "hybrid", index="ivfpq", bm25_index="bm25", fusion="rrf")
-    hits = retriever.search(["query one", "query two"], k=10, before=ts, threshold=0.3)
+    r = Retriever(ds, RetrieverConfig("hybrid", index="pq", bm25_index="bm25", cache_bytes=64 << 20))
+    hits = r.search(["query one", "query two"], SearchOptions(k=10, before="2020-01-01", threshold=0.3))
+    scores, ids = r.search_ids(texts, SearchOptions(k=10))          # (nq, k) runs, best first
+    scores, ids = r.search_vectors(query_vectors, SearchOptions(k=10))   # exact, ann and sharded
+    r.refresh()                                                      # follow the datastore's updates
 
-A `Retriever` turns query strings into runs `(scores (nq, k), ids (nq, k))` and
-then into `Hit`s. The base class owns what all of them share: argument checks,
-the filter mask (tombstones, `before`/`after`, domains), the result cache, the
-similarity threshold and adaptive k. Subclasses implement `_search(queries, k,
-allowed)` only.
+Both entry points go through one path: the filter mask of the options (tombstones, `before`/`after`,
+domains, a subsample), cached per filter and revision; the result cache, keyed by the exact query, the
+options and the revision; then the score threshold and adaptive k. What differs per kind is a backend
+with `search_vectors(vectors, k, allowed)` and/or `search_texts(texts, k, allowed)`.
+
+A Retriever holds one revision of its datastore (a snapshot: datastore, opened indexes, masks) and answers
+from it until `refresh()`, which reopens the datastore and its indexes when a writer committed since.
+Searches read the snapshot once, so a refresh in another thread never mixes two revisions in one answer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..config import check_float, check_int
 from ..errors import ConfigError
 from .cache import ResultCache
-from .exact import exact_search
-from .fusion import adaptive_k as adaptive_cut
-from .fusion import interpolate, rescore, rrf
-from .fusion import threshold as threshold_cut
-from .indexes import check_k
+from .fusion import adaptive_k, interpolate, rescore, rrf, threshold
+from .options import (  # noqa: F401 (re-exported: the seam's vocabulary)
+    FUSIONS,
+    RETRIEVERS,
+    AdaptiveK,
+    RetrieverConfig,
+    SearchOptions,
+    Subsample,
+    check_queries,
+    search_options,
+    time_bound,
+)
 
 log = logging.getLogger(__name__)
 
-RETRIEVERS = ("exact", "ann", "bm25", "hybrid", "sharded")
-FUSIONS = ("rrf", "interpolate", "hierarchical")
+Run = tuple[np.ndarray, np.ndarray]
+MASK_CACHE = 8  # filter masks kept per revision: n_passages bytes each (1 GB at a billion passages)
+
+
+# -- backends: one per kind, holding its opened indexes ----------------------------------------------
+
+
+class _Exact:
+    def __init__(self, ds, config: RetrieverConfig):
+        self.ds, self.batch_size = ds, config.batch_size
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def search_vectors(self, vectors: np.ndarray, k: int, allowed) -> Run:
+        return self.ds.search_vectors(vectors, k, allowed)
+
+    def search_texts(self, texts: list[str], k: int, allowed) -> Run:
+        return self.search_vectors(self.ds.encode_queries(texts, self.batch_size), k, allowed)
+
+
+class _Ann(_Exact):
+    def __init__(self, ds, config: RetrieverConfig):
+        from .ann import AnnIndex
+
+        super().__init__(ds, config)
+        self.index = AnnIndex.open(ds, config.index)
+        self.knobs = {"nprobe": config.nprobe, "ef_search": config.ef_search, "refine_factor": config.refine_factor}
+
+    def info(self):
+        return {"factory": self.index.config["factory"], "params": self.index.defaults}
+
+    def search_vectors(self, vectors, k, allowed):
+        return self.index.search(vectors, k, allowed=allowed, **self.knobs)
+
+
+class _Sharded(_Exact):
+    def __init__(self, ds, config: RetrieverConfig):
+        from .sharding import ShardedIndex
+
+        super().__init__(ds, config)
+        self.index = ShardedIndex.open(ds, config.index)
+        self.probe_shards = config.probe_shards
+
+    def search_vectors(self, vectors, k, allowed):
+        return self.index.search(vectors, k, allowed=allowed, probe_shards=self.probe_shards)
+
+
+class _BM25:
+    search_vectors = None
+
+    def __init__(self, ds, config: RetrieverConfig):
+        from .bm25 import BM25Index
+
+        self.index = BM25Index.open(ds, config.bm25_index)
+
+    def info(self):
+        return {}
+
+    def search_texts(self, texts, k, allowed):
+        return self.index.search(texts, k, allowed=allowed)
+
+
+class _Hybrid:
+    """BM25 + dense: reciprocal rank fusion, score interpolation, or hierarchical (BM25 top-N -> exact
+    dense re-score of those candidates from the stored float16 vectors)."""
+
+    search_vectors = None
+
+    def __init__(self, ds, config: RetrieverConfig):
+        self.ds, self.config = ds, config
+        self.sparse = _BM25(ds, config)
+        self.dense = _Ann(ds, config) if config.index else _Exact(ds, config)
+
+    def info(self):
+        return self.dense.info()
+
+    def search_texts(self, texts, k, allowed):
+        c = self.config
+        n = max(c.candidates, k)
+        sparse = self.sparse.search_texts(texts, n, allowed)
+        vectors = self.ds.encode_queries(texts, c.batch_size)
+        if c.fusion == "hierarchical":
+            return rescore(vectors, sparse[1], self.ds.embeddings, k)
+        dense = self.dense.search_vectors(vectors, n, allowed)
+        if c.fusion == "rrf":
+            return rrf([dense, sparse], k, rrf_k=c.rrf_k)
+        return interpolate(dense, sparse, k, alpha=c.alpha)
+
+
+BACKENDS = {"exact": _Exact, "ann": _Ann, "sharded": _Sharded, "bm25": _BM25, "hybrid": _Hybrid}
+
+
+class _Snapshot:
+    """One revision: the datastore, its opened backend and the filter masks computed at this revision."""
+
+    def __init__(self, ds, config: RetrieverConfig):
+        self.ds = ds
+        self.backend = BACKENDS[config.kind](ds, config)
+        self._masks: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def mask(self, opts: SearchOptions) -> np.ndarray | None:
+        """What a search with these options may return (bool (n_passages,), read-only), or None for all."""
+        key = opts.filters
+        with self._lock:
+            if key in self._masks:
+                self._masks.move_to_end(key)
+                return self._masks[key]
+        mask = self.ds.allowed(before=opts.before, after=opts.after, domains=opts.domains)
+        if opts.subsample is not None:
+            from .subsample import kept_passages
+
+            kept = kept_passages(len(self.ds), opts.subsample.fraction, opts.subsample.seed)
+            mask = kept if mask is None else mask & kept
+        if mask is not None:
+            mask.flags.writeable = False  # shared by every search with these filters
+        with self._lock:
+            self._masks[key] = mask
+            while len(self._masks) > MASK_CACHE:
+                self._masks.popitem(last=False)
+        return mask
+
+
+def _carry_encoder(old, new) -> None:
+    """A reopened datastore keeps the loaded encoder when the manifest records the same one (loading a
+    model costs seconds; the fingerprint check ran when it was first loaded)."""
+    if old._encoder is not None and old.manifest["encoder"] == new.manifest["encoder"]:
+        new._encoder = old._encoder
+
+
+# -- the Retriever --------------------------------------------------------------------------------------
 
 
 class Retriever:
-    kind = "base"
+    """Search one datastore the way `config` says; see the module docstring."""
 
-    def __init__(self, ds, *, cache_bytes: int = 0):
-        self.ds = ds
-        cache_bytes = check_int(cache_bytes, "cache_bytes (--cache-mb)", minimum=0)
-        self.cache = ResultCache(cache_bytes) if cache_bytes > 0 else None
+    def __init__(self, ds, config: RetrieverConfig | None = None):
+        config = RetrieverConfig() if config is None else config
+        if not isinstance(config, RetrieverConfig):
+            raise ConfigError(f"config must be a RetrieverConfig, got {type(config).__name__}")
+        self.config = config
+        self.cache = ResultCache(config.cache_bytes) if config.cache_bytes > 0 else None
+        self._refresh_lock = threading.Lock()
+        self._state = _Snapshot(ds, config)
 
-    # -- what subclasses provide ----------------------------------------------------------------
-    def _search(self, queries: list[str], k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+    def __repr__(self) -> str:
+        return f"Retriever({self.ds.root}, {self.config.changed()}, revision {self.ds.revision})"
 
-    def settings(self) -> tuple:
-        """Everything besides the query that changes the answer (part of the cache key)."""
-        return (self.kind,)
+    @property
+    def ds(self):
+        """The datastore at the revision this retriever answers from."""
+        return self._state.ds
 
-    # -- the shared path --------------------------------------------------------------------------
-    def search_ids(
-        self,
-        queries: str | Sequence[str],
-        k: int = 10,
-        *,
-        before: int | None = None,
-        after: int | None = None,
-        domains: Sequence[str] | None = None,
-        threshold: float | None = None,
-        adaptive: dict[str, Any] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) for each query, best first, after filters, threshold and adaptive k."""
-        k = check_k(k)
-        queries = [queries] if isinstance(queries, str) else list(queries)
-        if not queries:
-            raise ConfigError("no queries given")
-        for q in queries:
-            if not isinstance(q, str) or not q.strip():
-                raise ConfigError("empty query; give some text to search for")
-        before, after = time_bound(before, "before"), time_bound(after, "after")
-        if before is not None and after is not None and after >= before:
-            raise ConfigError(f"after ({after}) must be earlier than before ({before}): no document can match")
-        if isinstance(domains, str):
-            domains = [domains]
-        threshold = check_float(threshold, "threshold (--threshold)", optional=True)
-        adaptive = check_adaptive(adaptive)
-        allowed = self.ds.allowed(before=before, after=after, domains=domains)
-        run = self._cached(queries, k, (before, after, tuple(domains or ())), allowed)
-        if threshold is not None:
-            run = threshold_cut(run, threshold)
-        if adaptive:
-            run = adaptive_cut(run, **adaptive)
-        return run
+    @property
+    def kind(self) -> str:
+        return self.config.kind
 
-    def search(self, queries: str | Sequence[str], k: int = 10, **options) -> list[list]:
-        """`Hit`s for each query (see `search_ids` for the options)."""
-        scores, ids = self.search_ids(queries, k, **options)
-        return [self.ds.hits(s, i) for s, i in zip(scores, ids, strict=True)]
+    def describe(self) -> dict[str, Any]:
+        """{"type": kind, the config's non-default fields, what the opened index says (factory, tuned knobs)}."""
+        return {"type": self.kind, **{k: v for k, v in self.config.changed().items() if k != "kind"},
+                **self._state.backend.info()}
 
-    def _cached(self, queries: list[str], k: int, filters: tuple, allowed) -> tuple[np.ndarray, np.ndarray]:
+    def with_kind(self, kind: str) -> Retriever:
+        """A retriever of another kind on the same datastore revision (`RetrieverConfig.with_kind`)."""
+        return self if kind == self.kind else Retriever(self.ds, self.config.with_kind(kind))
+
+    # -- following updates ------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Move to the datastore's newest revision if a writer committed since (cheap when nothing
+        changed: one read of manifest.json); reopens the indexes and drops cached results and masks.
+        True when it moved."""
+        with self._refresh_lock:
+            old = self._state.ds
+            new = old.reopen_if_changed()
+            if new is old:
+                return False
+            _carry_encoder(old, new)
+            self._state = _Snapshot(new, self.config)
+            if self.cache is not None:
+                self.cache.clear()
+            log.info("retriever moved from revision %d to %d of %s", old.revision, new.revision, new.root)
+            return True
+
+    # -- the entry points ---------------------------------------------------------------------------
+    def search(self, texts: str | Sequence[str], opts: SearchOptions | int | None = None, /, **kw) -> list[list]:
+        """`Hit`s for each query text, best first (options: `SearchOptions`, or k and its fields)."""
+        state = self._state
+        scores, ids = self._texts(state, texts, search_options(opts, **kw))
+        return [state.ds.hits(s, i) for s, i in zip(scores, ids, strict=True)]
+
+    def search_ids(self, texts: str | Sequence[str], opts: SearchOptions | int | None = None, /, **kw) -> Run:
+        """(scores (nq, k) float32, passage ids (nq, k) int64) for each query text, padded with (-inf, -1)."""
+        return self._texts(self._state, texts, search_options(opts, **kw))
+
+    def search_vectors(self, vectors: np.ndarray, opts: SearchOptions | int | None = None, /, **kw) -> Run:
+        """(scores, ids) for query vectors (nq, d) already embedded with the datastore's encoder."""
+        opts = search_options(opts, **kw)
+        state = self._state
+        if state.backend.search_vectors is None:
+            raise ConfigError(f"the {self.kind} retriever searches query text, not vectors; use search(texts) "
+                              "or an exact, ann or sharded retriever")
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if vectors.ndim != 2 or vectors.shape[1] != state.ds.dim:
+            raise ConfigError(f"query vectors have shape {vectors.shape}, the datastore needs (nq, {state.ds.dim})")
+        keys = [row.tobytes() for row in vectors] if self.cache is not None else None
+        run = self._cached(state, keys, len(vectors), opts,
+                           lambda rows: state.backend.search_vectors(vectors[rows], opts.k, state.mask(opts)))
+        return self._cut(run, opts)
+
+    # -- the shared path -----------------------------------------------------------------------------
+    def _texts(self, state: _Snapshot, texts, opts: SearchOptions) -> Run:
+        texts = check_queries(texts)
+        unique = list(dict.fromkeys(texts))  # each distinct text is embedded and searched once
+        s, i = self._cached(state, unique if self.cache is not None else None, len(unique), opts,
+                            lambda rows: state.backend.search_texts([unique[r] for r in rows], opts.k,
+                                                                    state.mask(opts)))
+        if len(unique) < len(texts):
+            where = {t: n for n, t in enumerate(unique)}
+            rows = np.array([where[t] for t in texts], dtype=np.int64)
+            s, i = s[rows], i[rows]
+        return self._cut((s, i), opts)
+
+    def _cached(self, state: _Snapshot, keys: list[Hashable] | None, n: int, opts: SearchOptions,
+                compute: Callable[[np.ndarray], Run]) -> Run:
+        """`compute(rows)` for the rows the cache does not hold (all of them without a cache)."""
         if self.cache is None:
-            return self._search(queries, k, allowed)
-        settings = (*self.settings(), k, filters)
-        keys = [ResultCache.key(q, settings, self.ds.revision) for q in queries]
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
+            return compute(np.arange(n))
+        settings, revision = opts.cache_key(), state.ds.revision
+        full = [ResultCache.key(q, settings, revision) for q in keys]
+        scores = np.full((n, opts.k), -np.inf, dtype=np.float32)
+        ids = np.full((n, opts.k), -1, dtype=np.int64)
         missing = []
-        for row, key in enumerate(keys):
+        for row, key in enumerate(full):
             hit = self.cache.get(key)
             if hit is None:
                 missing.append(row)
             else:
                 scores[row], ids[row] = hit
         if missing:
-            s, i = self._search([queries[r] for r in missing], k, allowed)
+            s, i = compute(np.array(missing, dtype=np.int64))
             for j, row in enumerate(missing):
                 scores[row], ids[row] = s[j], i[j]
-                self.cache.put(keys[row], s[j], i[j])
+                self.cache.put(full[row], s[j], i[j])
         return scores, ids
 
-
-def time_bound(value: Any, name: str) -> int | None:
-    """A `before`/`after` bound as epoch seconds: an int, a finite float (floored) or a string that
-    `parse_timestamp` reads (epoch seconds, negative before 1970, or ISO 8601)."""
-    from ..corpus.documents import TIMESTAMP_FORMATS, parse_timestamp
-
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str | np.integer | np.floating):
-        raise ConfigError(f"{name} must be a time ({TIMESTAMP_FORMATS}), got {value!r}")
-    try:
-        ts = parse_timestamp(value.item() if isinstance(value, np.generic) else value)
-    except (ValueError, OverflowError) as e:
-        raise ConfigError(f"{name} {value!r}: {e}") from e
-    if ts is None:
-        raise ConfigError(f"{name} is empty; give a time ({TIMESTAMP_FORMATS})")
-    return ts
+    @staticmethod
+    def _cut(run: Run, opts: SearchOptions) -> Run:
+        if opts.threshold is not None:
+            run = threshold(run, opts.threshold)
+        if opts.adaptive is not None:
+            a = opts.adaptive
+            run = adaptive_k(run, max_drop=a.max_drop, max_ratio=a.max_ratio, min_k=a.min_k)
+        return run
 
 
-ADAPTIVE_KEYS = ("max_drop", "max_ratio", "min_k")
-
-
-def check_adaptive(adaptive: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Adaptive-k options (see fusion.adaptive_k), checked: max_drop a finite gap >= 0, max_ratio in
-    [0, 1], min_k >= 0."""
-    if adaptive is None:
-        return None
-    if not isinstance(adaptive, dict):
-        raise ConfigError(f"adaptive must be a dict with keys from {list(ADAPTIVE_KEYS)}, got {adaptive!r}")
-    unknown = sorted(set(adaptive) - set(ADAPTIVE_KEYS))
-    if unknown:
-        raise ConfigError(f"adaptive: unknown option(s) {unknown}; known: {list(ADAPTIVE_KEYS)}")
-    out = dict(adaptive)
-    if "max_drop" in out:
-        out["max_drop"] = check_float(out["max_drop"], "adaptive max_drop (--adaptive-k GAP)", minimum=0,
-                                      optional=True)
-    if "max_ratio" in out:
-        out["max_ratio"] = check_float(out["max_ratio"], "adaptive max_ratio", minimum=0, maximum=1)
-    if "min_k" in out:
-        out["min_k"] = check_int(out["min_k"], "adaptive min_k", minimum=0)
-    return out
-
-
-class DenseRetriever(Retriever):
-    """Base for retrievers that embed queries with the datastore's encoder."""
-
-    def __init__(self, ds, *, batch_size: int = 64, **kw):
-        super().__init__(ds, **kw)
-        self.batch_size = check_int(batch_size, "batch_size (--batch-size)", minimum=1)
-
-    def search_vectors(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None):
-        raise NotImplementedError
-
-    def _search(self, queries, k, allowed):
-        return self.search_vectors(self.ds.encode_queries(queries, self.batch_size), k, allowed)
-
-
-class ExactRetriever(DenseRetriever):
-    kind = "exact"
-
-    def search_vectors(self, vectors, k, allowed):
-        return exact_search(vectors, self.ds.embedding_shards, k, allowed=allowed)
-
-
-class AnnRetriever(DenseRetriever):
-    kind = "ann"
-
-    def __init__(self, ds, index: str, *, nprobe=None, ef_search=None, refine_factor=None, **kw):
-        from .ann import AnnIndex
-
-        super().__init__(ds, **kw)
-        self.knobs = check_knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
-        self.index = AnnIndex.open(ds, index)
-        self.name = index
-
-    def settings(self):
-        return (self.kind, self.name, tuple(sorted(self.knobs.items())))
-
-    def search_vectors(self, vectors, k, allowed):
-        return self.index.search(vectors, k, allowed=allowed, **self.knobs)
-
-
-class BM25Retriever(Retriever):
-    kind = "bm25"
-
-    def __init__(self, ds, index: str, **kw):
-        from .bm25 import BM25Index
-
-        super().__init__(ds, **kw)
-        self.index = BM25Index.open(ds, index)
-        self.name = index
-
-    def settings(self):
-        return (self.kind, self.name)
-
-    def _search(self, queries, k, allowed):
-        return self.index.search(queries, k, allowed=allowed)
-
-
-class HybridRetriever(Retriever):
-    """BM25 + dense: reciprocal rank fusion, score interpolation, or hierarchical (BM25 top-N -> dense re-score)."""
-
-    kind = "hybrid"
-
-    def __init__(self, ds, dense: DenseRetriever, sparse: BM25Retriever, *, fusion: str = "rrf",
-                 candidates: int = 100, alpha: float = 0.5, rrf_k: int = 60, **kw):
-        super().__init__(ds, **kw)
-        if fusion not in FUSIONS:
-            raise ConfigError(f"unknown fusion {fusion!r}; choose from {list(FUSIONS)}")
-        candidates = check_int(candidates, "candidates (--candidates)", minimum=1)
-        alpha = check_float(alpha, "alpha (--alpha)", minimum=0, maximum=1)
-        rrf_k = check_int(rrf_k, "rrf_k", minimum=0)
-        self.dense, self.sparse = dense, sparse
-        self.fusion, self.candidates, self.alpha, self.rrf_k = fusion, candidates, alpha, rrf_k
-
-    def settings(self):
-        return (self.kind, self.dense.settings(), self.sparse.settings(), self.fusion, self.candidates,
-                self.alpha, self.rrf_k)
-
-    def _search(self, queries, k, allowed):
-        n = max(self.candidates, k)
-        sparse = self.sparse._search(queries, n, allowed)
-        vectors = self.ds.encode_queries(queries, self.dense.batch_size)
-        if self.fusion == "hierarchical":
-            # exact dense scores of the BM25 candidates, from the stored float16 vectors
-            return rescore(vectors, sparse[1], self.ds.embeddings, k)
-        dense = self.dense.search_vectors(vectors, n, allowed)
-        if self.fusion == "rrf":
-            return rrf([dense, sparse], k, rrf_k=self.rrf_k)
-        return interpolate(dense, sparse, k, alpha=self.alpha)
-
-
-class ShardedRetriever(DenseRetriever):
-    kind = "sharded"
-
-    def __init__(self, ds, index: str, *, probe_shards: int | None = None, **kw):
-        from .sharding import ShardedIndex
-
-        super().__init__(ds, **kw)
-        probe_shards = check_int(probe_shards, "probe_shards (--probe-shards)", minimum=1, optional=True)
-        self.index = ShardedIndex.open(ds, index)
-        self.name, self.probe_shards = index, probe_shards
-
-    def settings(self):
-        return (self.kind, self.name, self.probe_shards)
-
-    def search_vectors(self, vectors, k, allowed):
-        return self.index.search(vectors, k, allowed=allowed, probe_shards=self.probe_shards)
-
-
-def make_retriever(
-    ds,
-    kind: str = "exact",
-    *,
-    index: str | None = None,
-    bm25_index: str | None = None,
-    fusion: str = "rrf",
-    candidates: int = 100,
-    alpha: float = 0.5,
-    nprobe: int | None = None,
-    ef_search: int | None = None,
-    refine_factor: int | None = None,
-    probe_shards: int | None = None,
-    cache_bytes: int = 0,
-    batch_size: int = 64,
-) -> Retriever:
-    """The retriever for a CLI-style description (`relm search --retriever ...`).
-
-    Every argument is checked before any index is opened, whether or not this kind uses it.
-    """
-    if kind not in RETRIEVERS:
-        raise ConfigError(f"unknown retriever {kind!r}; choose from {list(RETRIEVERS)}")
-    if fusion not in FUSIONS:
-        raise ConfigError(f"unknown fusion {fusion!r}; choose from {list(FUSIONS)}")
-    check_int(candidates, "candidates (--candidates)", minimum=1)
-    check_float(alpha, "alpha (--alpha)", minimum=0, maximum=1)
-    check_int(probe_shards, "probe_shards (--probe-shards)", minimum=1, optional=True)
-    check_int(cache_bytes, "cache_bytes (--cache-mb)", minimum=0)
-    check_int(batch_size, "batch_size (--batch-size)", minimum=1)
-    knobs = check_knobs(nprobe=nprobe, ef_search=ef_search, refine_factor=refine_factor)
-    dense_kw = {"cache_bytes": cache_bytes, "batch_size": batch_size}
-    if kind == "exact":
-        return ExactRetriever(ds, **dense_kw)
-    if kind == "ann":
-        return AnnRetriever(ds, _need(index, "ann", "--index"), **dense_kw, **knobs)
-    if kind == "bm25":
-        return BM25Retriever(ds, _need(bm25_index or index, "bm25", "--index"), cache_bytes=cache_bytes)
-    if kind == "sharded":
-        return ShardedRetriever(ds, _need(index, "sharded", "--index"), probe_shards=probe_shards, **dense_kw)
-    sparse_name = _need(bm25_index, "hybrid", "--bm25-index")
-    dense: DenseRetriever = (AnnRetriever(ds, index, batch_size=batch_size, **knobs) if index
-                             else ExactRetriever(ds, batch_size=batch_size))
-    sparse = BM25Retriever(ds, sparse_name)
-    return HybridRetriever(ds, dense, sparse, fusion=fusion, candidates=candidates, alpha=alpha,
-                           cache_bytes=cache_bytes)
-
-
-def check_knobs(*, nprobe=None, ef_search=None, refine_factor=None) -> dict[str, int | None]:
-    """ANN search knobs: each None (the index's tuned value) or an integer >= 1."""
-    return {
-        "nprobe": check_int(nprobe, "nprobe (--nprobe)", minimum=1, optional=True),
-        "ef_search": check_int(ef_search, "ef_search (--ef-search)", minimum=1, optional=True),
-        "refine_factor": check_int(refine_factor, "refine_factor (--refine)", minimum=1, optional=True),
-    }
-
-
-def _need(value: str | None, kind: str, flag: str) -> str:
-    if not value:
-        raise ConfigError(f"the {kind} retriever needs {flag} NAME (list indexes with `relm info DS`)")
-    return value
+def make_retriever(ds, kind: str = "exact", **fields) -> Retriever:
+    """`Retriever(ds, RetrieverConfig(kind, **fields))`: every field is checked before an index is opened."""
+    return Retriever(ds, RetrieverConfig(kind, **fields))

@@ -44,6 +44,7 @@ import numpy as np
 from ..artifacts import dumps_json, load_npy, read_json, write_json_atomic
 from ..errors import ConfigError, DatastoreError
 from ..progress import progress
+from ..retrieval.indexes import check_k
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,6 @@ def check_stream_doc(stream_doc: np.ndarray, n_chunks: int, n_documents: int) ->
     if bad.any():
         raise ConfigError(f"stream_doc value {d[bad][0]} is not -1 or a document index in [0, {n_documents})")
     return d
-
-
-def check_k(k: int) -> int:
-    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"k must be an integer >= 1 (neighbours per chunk), got {k!r}")
-    return int(k)
 
 
 # -- streams ----------------------------------------------------------------------------------------
@@ -336,15 +331,44 @@ def gather_neighbours(ds, ids: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarr
     return tokens, mask, missing
 
 
-def _searcher(ds, index: str | None) -> tuple[Search, dict[str, Any]]:
-    allowed = ds.allowed()  # tombstoned documents are never neighbours
-    if index is None:
-        return (lambda v, kk: ds.search_vectors(v, kk, allowed)), {"type": "exact"}
-    from ..retrieval.ann import AnnIndex
+def _searcher(ds, retriever) -> tuple[Search, dict[str, Any]]:
+    """search(vectors, k) through a `Retriever` of `ds` (None: exact), and its description for the manifest.
+    Tombstoned documents are never neighbours (every Retriever search excludes them)."""
+    from ..retrieval.retriever import Retriever, SearchOptions
 
-    ann = AnnIndex.open(ds, index)
-    info = {"type": "ann", "index": index, "factory": ann.config["factory"], "params": ann.defaults}
-    return (lambda v, kk: ann.search(v, kk, allowed=allowed)), info
+    if retriever is None:
+        retriever = Retriever(ds)
+    if not isinstance(retriever, Retriever):
+        raise ConfigError(f"retriever must be a Retriever, got {type(retriever).__name__}")
+    if Path(retriever.ds.root).resolve() != Path(ds.root).resolve() or retriever.ds.revision != ds.revision:
+        raise ConfigError(f"the retriever searches {retriever.ds.root} at revision {retriever.ds.revision}, not "
+                          f"{ds.root} at revision {ds.revision}; build it on the same datastore")
+    if not retriever.config.takes_vectors:
+        raise ConfigError(f"RETRO neighbours are searched by chunk embedding; the {retriever.kind} retriever "
+                          "needs text: use an exact, ann or sharded retriever")
+    return (lambda v, kk: retriever.search_vectors(v, SearchOptions(k=kk))), retriever.describe()
+
+
+def generation_retriever(retriever, tokenizer, k: int, *, vectors: bool = False) -> Callable[[np.ndarray], Any]:
+    """retrieve(chunk) for `RetroModel.generate`: the k nearest datastore chunks of a generated m-token chunk
+    (its decoded text is the query, searched by any `Retriever`), as ([N, F] tokens (k, 2m) int64, mask
+    (k, 2m) bool), or for ReLM fusion (`vectors`) as (their passage vectors (k, d) float32, found (k,) bool)."""
+    from ..retrieval.options import SearchOptions
+
+    opts, ds = SearchOptions(k=check_k(k)), retriever.ds
+    m = chunk_size(ds)
+
+    def retrieve(chunk: np.ndarray):
+        _, ids = retriever.search_ids([tokenizer.decode(chunk).strip() or "."], opts)
+        if vectors:
+            found = ids[0] >= 0
+            vecs = np.zeros((k, ds.dim), np.float32)
+            vecs[found] = ds.embeddings(ids[0][found]).astype(np.float32)
+            return vecs, found
+        tokens, mask, _ = gather_neighbours(ds, ids, m)
+        return tokens[0].astype(np.int64), mask[0]
+
+    return retrieve
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -357,7 +381,7 @@ def build_neighbours(
     out: str | os.PathLike,
     *,
     k: int = 2,
-    index: str | None = None,
+    retriever=None,
     tokenizer=None,
     encoder=None,
     block: int = 1024,
@@ -371,7 +395,7 @@ def build_neighbours(
 
     stream_ids: (n_chunks, m) token ids, or a 1-d token stream cut into m-token chunks.
     stream_doc: (n_chunks,) the datastore document each chunk may not retrieve from (-1: none).
-    index: a named ANN index of the datastore (`relm index`), or None for exact search.
+    retriever: the `Retriever` (exact, ann or sharded) searching `ds` for them; None: exact search.
     tokenizer / encoder: default to the datastore's own; others are refused unless their fingerprints
         match the datastore manifest's. Chunks are processed `block` at a time (memory: one block of
         query vectors and neighbours); the directory is written to OUT.tmp and moved into place.
@@ -380,7 +404,10 @@ def build_neighbours(
         encoder's embeddings of those very chunks, so they need no second encoding.
     """
     t_start = time.perf_counter()
-    k = check_k(k)
+    try:
+        k = check_k(k)
+    except ConfigError:
+        raise ConfigError(f"k must be an integer >= 1 (neighbours per chunk), got {k!r}") from None
     if not isinstance(block, int) or block < 1:
         raise ConfigError(f"block must be an integer >= 1 (query chunks per search), got {block!r}")
     m = chunk_size(ds)
@@ -389,7 +416,7 @@ def build_neighbours(
     excluded = check_stream_doc(stream_doc, len(chunks), ds.n_documents)
     tok = resolve_tokenizer(ds, tokenizer)
     enc = resolve_encoder(ds, encoder)
-    search, search_info = _searcher(ds, index)
+    search, search_info = _searcher(ds, retriever)
     if query_vectors is not None and np.shape(query_vectors) != (len(chunks), ds.dim):
         raise ConfigError(f"query_vectors has shape {np.shape(query_vectors)}, the stream needs "
                           f"({len(chunks)}, {ds.dim})")
