@@ -468,7 +468,7 @@ class BM25Index:
             return out_s, out_i
         if len(live) < nq:
             token_ids = [token_ids[q] for q in live]
-        weights = None if allowed is None else allowed.astype(np.float32)  # bm25s multiplies scores by it
+        weights = allowed  # bm25s multiplies the float32 scores by it in place: a bool mask needs no float copy
         res = self._retriever.retrieve(
             token_ids,
             k=min(k, n),  # bm25s refuses k > N; the rest is padding

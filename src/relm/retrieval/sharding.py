@@ -95,11 +95,24 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 # -- shards -------------------------------------------------------------------------------------------
-def _bitmap_selector(allowed: np.ndarray):
-    import faiss
+@dataclass(frozen=True)
+class PackedFilter:
+    """A filter as shards receive it: the allowed mask packed once into faiss's bitmap (1 bit per
+    passage), shared by every shard of a search instead of re-packed by each."""
 
-    bits = np.packbits(allowed, bitorder="little")
-    return faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)), bits
+    n: int
+    bits: np.ndarray
+
+    @classmethod
+    def of(cls, allowed: np.ndarray | PackedFilter | None) -> PackedFilter | None:
+        if allowed is None or isinstance(allowed, PackedFilter):
+            return allowed
+        return cls(len(allowed), np.packbits(allowed, bitorder="little"))
+
+    def selector(self):
+        import faiss
+
+        return faiss.IDSelectorBitmap(self.n, faiss.swig_ptr(self.bits))
 
 
 class LocalShard:
@@ -128,16 +141,17 @@ class LocalShard:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
 
-    def search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None):
+    def search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | PackedFilter | None = None):
+        """Top-k (scores, global passage ids); `allowed`: a boolean mask or a PackedFilter."""
         import faiss
 
         if self.index.ntotal == 0:
             return (np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), PAD_ID, np.int64))
         params = None
-        if allowed is not None:
-            sel, keep = _bitmap_selector(allowed)
-            params = faiss.SearchParameters(sel=sel)
-            params._keep = keep  # the bitmap must outlive the search
+        packed = PackedFilter.of(allowed)
+        if packed is not None:
+            params = faiss.SearchParameters(sel=packed.selector())
+            params._keep = packed  # the bitmap must outlive the search
         scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k, params=params)
         scores = np.where(ids == PAD_ID, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)
@@ -205,11 +219,12 @@ class ShardedIndex:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         route = self.route(vectors, probe_shards)
         out = (np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), PAD_ID, np.int64))
+        packed = PackedFilter.of(allowed)  # packed once for every shard
         for s, shard in enumerate(self.shards):
             rows = np.nonzero((route == s).any(axis=1))[0]
             if len(rows) == 0:
                 continue
-            part = shard.search(vectors[rows], k, allowed)
+            part = shard.search(vectors[rows], k, packed)
             merged = merge_topk((out[0][rows], out[1][rows]), part, k)
             out[0][rows], out[1][rows] = merged
         return out
