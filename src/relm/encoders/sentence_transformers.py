@@ -44,11 +44,9 @@ def resolve_model_path(spec: str) -> Path | None:
 
 
 def pick_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
+    from ..devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device)
 
 
 class SentenceTransformerEncoder:

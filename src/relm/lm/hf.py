@@ -74,17 +74,11 @@ def _gguf_cache(directory: Path, gguf: str) -> Path:
 
 
 def pick_device_dtype(device: str, dtype: str):
-    """("cuda"|"cpu"|..., torch dtype): bf16 on GPUs that have it, else fp16 on GPU; fp32 on CPU."""
-    import torch
+    """("cuda"|"cpu"|..., torch dtype): see `relm.devices` (bf16 on GPUs that have it, else fp16; fp32 on CPU)."""
+    from ..devices import resolve_device, resolve_dtype
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        else:
-            dtype = "float32"
-    return device, getattr(torch, dtype)
+    device = resolve_device(device)
+    return device, resolve_dtype(device, dtype)
 
 
 class HFCausalLM:

@@ -102,11 +102,9 @@ def model_inputs(batch: dict[str, Any], retrieval: bool, fusion: str = "retro") 
 
 
 def pick_device(device: str) -> str:
-    import torch
+    from ..devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve_device(device)
 
 
 # -- checkpoints on disk ---------------------------------------------------------------------------------
