@@ -71,13 +71,13 @@ def assemble(out: Path, segments: Sequence[Segment], *, shard_size: int, build: 
     try:
         for seg in segments:
             ds = seg.ds
-            dp, off, ro = ds.doc_passages, ds._offsets, ds._record_offsets
+            dp, off = ds.doc_passages, ds.passage_offsets
             domain_names = ds.domains
             everything = len(seg.docs) == ds.n_documents  # a whole datastore: its own word count is exact
             if everything:
                 words += ds.meta.counts.words
             for j in seg.docs.tolist():
-                rec = ds._records[int(ro[j]) : int(ro[j + 1])]
+                rec = ds.record_bytes(j)
                 if ids is not None:
                     doc_id = json.loads(rec)["id"]
                     if not ids.add(doc_id):
@@ -90,13 +90,12 @@ def assemble(out: Path, segments: Sequence[Segment], *, shard_size: int, build: 
                 stamps.append(int(ds.doc_timestamp[j]))
                 a, b = int(dp[j]), int(dp[j + 1])
                 doc_sizes.append(b - a)
-                body = ds._text[int(off[a]) : int(off[b])]
-                text.write(body)
+                text.write(ds.text_bytes(a, b))
                 lengths.append(np.diff(np.asarray(off[a : b + 1], dtype=np.int64)))
                 if not everything:
                     words += sum(len(ds.passage(i).split()) for i in range(a, b))
                 if ds.manifest.get("tokens"):
-                    t_ids, t_off = ds._tokens
+                    t_ids, t_off = ds.token_arrays
                     tok_parts.append(np.asarray(t_ids[int(t_off[a]) : int(t_off[b])]))
                     tok_lengths.append(np.diff(np.asarray(t_off[a : b + 1], dtype=np.int64)))
                 start = a

@@ -76,11 +76,7 @@ def read_deleted(root: str | Path) -> np.ndarray:
 
 def _doc_ids(ds) -> dict[str, int]:
     """id -> document index for every committed document (records beyond the manifest are not read)."""
-    out: dict[str, int] = {}
-    off = ds._record_offsets
-    for j in range(ds.n_documents):
-        out[json.loads(ds._records[int(off[j]) : int(off[j + 1])])["id"]] = j
-    return out
+    return {json.loads(ds.record_bytes(j))["id"]: j for j in range(ds.n_documents)}
 
 
 def delete_documents(ds, doc_ids: list[str], *, wait: bool = False):
@@ -200,7 +196,7 @@ def _merge(ds, new) -> dict[str, Any]:
     stage = journal.stage_dir(root)
     n, n_docs = len(ds), ds.n_documents
     text_bytes = int(m["counts"]["text_bytes"])
-    record_bytes = int(ds._record_offsets[-1])
+    record_bytes = int(ds.record_offsets[-1])
 
     def stage_array(rel: str, array: np.ndarray) -> None:
         save_npy_atomic(stage / rel, array)
@@ -209,9 +205,9 @@ def _merge(ds, new) -> dict[str, Any]:
     _append_in_place(root / L.PASSAGE_TEXT, text_bytes, new.root / L.PASSAGE_TEXT)
     _append_in_place(root / L.DOC_RECORDS, record_bytes, new.root / L.DOC_RECORDS)
     shift = lambda a, by: (np.asarray(a).astype(np.uint64) + np.uint64(by))  # noqa: E731
-    stage_array(L.PASSAGE_OFFSETS, np.concatenate([ds._offsets[:-1], shift(new._offsets, text_bytes)]))
+    stage_array(L.PASSAGE_OFFSETS, np.concatenate([ds.passage_offsets[:-1], shift(new.passage_offsets, text_bytes)]))
     stage_array(L.PASSAGE_DOC, np.concatenate([ds.doc_index, (new.doc_index + n_docs).astype(np.uint32)]))
-    stage_array(L.DOC_OFFSETS, np.concatenate([ds._record_offsets[:-1], shift(new._record_offsets, record_bytes)]))
+    stage_array(L.DOC_OFFSETS, np.concatenate([ds.record_offsets[:-1], shift(new.record_offsets, record_bytes)]))
     stage_array(L.DOC_PASSAGES, np.concatenate([ds.doc_passages[:-1], shift(new.doc_passages, n)]))
     stage_array(L.DOC_TIMESTAMP, np.concatenate([ds.doc_timestamp, new.doc_timestamp]))
     names = [d["name"] for d in m["domains"]]
@@ -225,8 +221,8 @@ def _merge(ds, new) -> dict[str, Any]:
     stage_array(L.DOC_DOMAIN, domain)
     counts = np.bincount(domain, minlength=len(names))
     if m.get("tokens"):
-        ids, off = ds._tokens
-        new_ids, new_off = new._tokens
+        ids, off = ds.token_arrays
+        new_ids, new_off = new.token_arrays
         stage_array(L.TOKEN_IDS, np.concatenate([ids, new_ids]))
         stage_array(L.TOKEN_OFFSETS, np.concatenate([off[:-1], shift(new_off, len(ids))]))
     shards = list(m["embeddings"]["shards"])
