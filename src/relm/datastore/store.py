@@ -238,8 +238,31 @@ class Datastore:
         """The record of document j: id, domain, title, timestamp, source, metadata."""
         if not 0 <= j < self.n_documents:
             raise IndexError(f"document index {j} out of range [0, {self.n_documents})")
-        a, b = int(self._record_offsets[j]), int(self._record_offsets[j + 1])
-        return json.loads(self._records[a:b])
+        return json.loads(self.record_bytes(j))
+
+    # -- raw arrays and bytes (what writers copy: update, compact, assemble) --------------------------
+    @property
+    def passage_offsets(self) -> np.ndarray:
+        """(n + 1,) uint64: passage i is bytes [passage_offsets[i], passage_offsets[i+1]) of the text."""
+        return self._offsets
+
+    @property
+    def record_offsets(self) -> np.ndarray:
+        """(n_docs + 1,) uint64 byte offsets of the document records (JSON lines)."""
+        return self._record_offsets
+
+    def text_bytes(self, first: int, stop: int) -> bytes:
+        """The UTF-8 text of passages [first, stop), back to back."""
+        return bytes(self._text[int(self._offsets[first]) : int(self._offsets[stop])])
+
+    def record_bytes(self, j: int) -> bytes:
+        """Document j's record as stored: one JSON line."""
+        return bytes(self._records[int(self._record_offsets[j]) : int(self._record_offsets[j + 1])])
+
+    @property
+    def token_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Token mode: (ids, (n + 1,) uint64 offsets); chunk i is ids[offsets[i]:offsets[i+1]]."""
+        return self._tokens
 
     def document_passages(self, j: int) -> range:
         return range(int(self.doc_passages[j]), int(self.doc_passages[j + 1]))
