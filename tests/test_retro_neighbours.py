@@ -258,3 +258,27 @@ def _build_words(root: Path):
     ds = build_datastore([corpus], root / "words", config, encoder=HashEncoder(), show_progress=False)
     ds._encoder = HashEncoder()
     return ds
+
+
+def test_neighbours_and_generation_search_through_a_retriever(ds, hash_ds, tmp_path, word_tokenizer_dir):
+    from relm.corpus.tokenizer import load_tokenizer
+    from relm.retrieval.bm25 import build_bm25_index
+
+    # generation: a datastore chunk's own text finds that chunk first, with its continuation as F
+    tok = load_tokenizer(str(word_tokenizer_dir))
+    i = ds.document_passages(doc_of(ds, "tech"))[0]  # P, then Q: no other chunk has its words
+    retrieve = nb.generation_retriever(Retriever(ds), tok, 2)
+    tokens, mask = retrieve(ds.chunk_tokens(i))
+    assert tokens.shape == (2, 2 * M) and tokens.dtype == np.int64
+    assert tokens[0, :M].tolist() == ds.chunk_tokens(i).tolist() and tokens[0, M:].tolist() == ds.chunk_tokens(i + 1).tolist()
+    assert mask[0].all()
+    vecs, found = nb.generation_retriever(Retriever(ds), tok, 2, vectors=True)(ds.chunk_tokens(i))
+    assert vecs.shape == (2, ds.dim) and found.all()
+    np.testing.assert_allclose(vecs[0], ds.embeddings([i])[0].astype(np.float32))
+    # neighbours are searched by vector: a text-only retriever is refused, as is another datastore's
+    build_bm25_index(ds, "bm", show_progress=False, overwrite=True)
+    stream, stream_doc = datastore_stream(ds)
+    with pytest.raises(ConfigError, match="searched by chunk embedding"):
+        build_neighbours(ds, stream, stream_doc, tmp_path / "x", retriever=Retriever(ds, RetrieverConfig("bm25", index="bm")))
+    with pytest.raises(ConfigError, match="build it on the same datastore"):
+        build_neighbours(ds, stream, stream_doc, tmp_path / "x", retriever=Retriever(hash_ds))

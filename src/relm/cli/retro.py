@@ -137,7 +137,8 @@ def run_neighbours(args) -> int:
         docs = [d for _, ds_docs in read_eval_sets(args.eval) for d in ds_docs]
         chunks, excl, _ = text_stream(docs, resolve_tokenizer(ds), ds)
         db = build_neighbours(ds, chunks, excl, args.out, k=args.k, retriever=retriever, overwrite=args.overwrite,
-                              show_progress=args.progress, description="eval:" + ",".join(args.eval))
+                              batch_size=config.batch_size, show_progress=args.progress,
+                              description="eval:" + ",".join(args.eval))
     else:
         chunks, excl = datastore_stream(ds)
         db = build_neighbours(ds, chunks, excl, args.out, k=args.k, retriever=retriever, overwrite=args.overwrite,
