@@ -154,7 +154,7 @@ def timing(seconds: dict[str, float]):
 
     patched = [
         wrap(build_mod, "build_datastore", "build_new"),
-        wrap(maint_mod, "stage_copy", "faiss_stage_copy"),
+        wrap(ann_mod, "stage_copy", "faiss_stage_copy"),
         wrap(ann_mod, "add_new_vectors", "faiss_append"),
         wrap(bm25_mod, "update_bm25_index", "bm25", cpu=True),
         wrap(maint_mod, "update_indexes", "update_indexes"),
@@ -175,8 +175,8 @@ def bm25_full_rebuild():
     original = bm25_mod.update_bm25_index
 
     def rebuild(view, name, *, source=None, show_progress=None):
-        config = bm25_mod.read_index_config(source if source is not None else view, name, check_fresh=False)
-        return bm25_mod.build_bm25_index(view, name, bm25_mod.BM25Config.from_dict(config["params"]),
+        saved = bm25_mod.read_index_config(source if source is not None else view, name, check_fresh=False)
+        return bm25_mod.build_bm25_index(view, name, bm25_mod.BM25Config.from_dict(bm25_mod.build_config(saved)),
                                          overwrite=True, show_progress=show_progress)
 
     bm25_mod.update_bm25_index = rebuild
