@@ -249,8 +249,8 @@ class Retriever:
         if vectors.ndim != 2 or vectors.shape[1] != state.ds.dim:
             raise ConfigError(f"query vectors have shape {vectors.shape}, the datastore needs (nq, {state.ds.dim})")
         keys = [row.tobytes() for row in vectors] if self.cache is not None else None
-        run = self._cached(state, keys, len(vectors), opts,
-                           lambda rows: state.backend.search_vectors(vectors[rows], opts.k, state.mask(opts)))
+        run = self._cached(state, keys, len(vectors), opts, lambda rows: state.backend.search_vectors(
+            vectors if rows is None else vectors[rows], opts.k, state.mask(opts)))
         return self._cut(run, opts)
 
     # -- the shared path -----------------------------------------------------------------------------
@@ -258,8 +258,8 @@ class Retriever:
         texts = check_queries(texts)
         unique = list(dict.fromkeys(texts))  # each distinct text is embedded and searched once
         s, i = self._cached(state, unique if self.cache is not None else None, len(unique), opts,
-                            lambda rows: state.backend.search_texts([unique[r] for r in rows], opts.k,
-                                                                    state.mask(opts)))
+                            lambda rows: state.backend.search_texts(
+                                unique if rows is None else [unique[r] for r in rows], opts.k, state.mask(opts)))
         if len(unique) < len(texts):
             where = {t: n for n, t in enumerate(unique)}
             rows = np.array([where[t] for t in texts], dtype=np.int64)
@@ -267,10 +267,10 @@ class Retriever:
         return self._cut((s, i), opts)
 
     def _cached(self, state: _Snapshot, keys: list[Hashable] | None, n: int, opts: SearchOptions,
-                compute: Callable[[np.ndarray], Run]) -> Run:
-        """`compute(rows)` for the rows the cache does not hold (all of them without a cache)."""
+                compute: Callable[[np.ndarray | None], Run]) -> Run:
+        """`compute(rows)` for the rows the cache does not hold (`compute(None)`: all, without a cache)."""
         if self.cache is None:
-            return compute(np.arange(n))
+            return compute(None)
         settings, revision = opts.cache_key(), state.ds.revision
         full = [ResultCache.key(q, settings, revision) for q in keys]
         scores = np.full((n, opts.k), -np.inf, dtype=np.float32)
