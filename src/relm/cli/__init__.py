@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 
-from ..version import __version__
 from ..errors import RelmError
+from ..version import __version__
 from . import (
     add,
     build,

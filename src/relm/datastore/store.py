@@ -132,8 +132,15 @@ class Datastore:
             m.get("generation", 0) != self.generation
 
     def reopen_if_changed(self) -> Datastore:
-        """This reader, or a new one at the newest revision when the datastore was updated since."""
-        return Datastore.open(self.root) if self.changed() else self
+        """This reader, or a new one at the newest revision when the datastore was updated since. The new
+        one keeps the loaded encoder when the manifest records the same one (loading costs seconds; its
+        fingerprint was checked when it was first loaded)."""
+        if not self.changed():
+            return self
+        new = Datastore.open(self.root)
+        if self._encoder is not None and self.manifest["encoder"] == new.manifest["encoder"]:
+            new._encoder = self._encoder
+        return new
 
     def _open_files(self) -> None:
         """Map every file and check its size and header against the manifest (cheap: no contents read)."""

@@ -17,6 +17,9 @@ _EXPORTS = {
     "evaluate_ann_index": "ann_tune", "tune_ann_index": "ann_tune",
     "BM25Config": "bm25", "BM25Index": "bm25", "build_bm25_index": "bm25",
     "PRESETS": "planner", "Plan": "planner", "plan_index": "planner",
+    "Retriever": "retriever", "make_retriever": "retriever",
+    "RetrieverConfig": "options", "SearchOptions": "options", "AdaptiveK": "options", "Subsample": "options",
+    "Index": "registry", "INDEX_TYPES": "registry", "index_type": "registry",
 }
 
 __all__ = ["ResultHeap", "exact_search", "merge_topk", "topk", *sorted(_EXPORTS)]

@@ -65,6 +65,7 @@ from .indexes import (
     read_index_config,
     write_index_config,
 )
+from .options import check_queries
 from .registry import build_config
 from .topk import PAD_ID, topk
 
@@ -511,20 +512,6 @@ def _plain_views(scores: dict[str, Any]) -> None:
 
 
 # -- small pure helpers ----------------------------------------------------------------------------
-def check_queries(queries: str | Sequence[str]) -> list[str]:
-    if isinstance(queries, str):
-        queries = [queries]
-    queries = list(queries)
-    if not queries:
-        raise ConfigError("no queries given")
-    for q in queries:
-        if not isinstance(q, str):
-            raise ConfigError(f"queries must be strings, got {type(q).__name__}")
-        if not q.strip():
-            raise ConfigError("empty query; give some text to search for")
-    return queries
-
-
 def check_threads(n_threads: int | None) -> int:
     if n_threads is None:
         return os.cpu_count() or 1

@@ -167,13 +167,6 @@ class _Snapshot:
         return mask
 
 
-def _carry_encoder(old, new) -> None:
-    """A reopened datastore keeps the loaded encoder when the manifest records the same one (loading a
-    model costs seconds; the fingerprint check ran when it was first loaded)."""
-    if old._encoder is not None and old.manifest["encoder"] == new.manifest["encoder"]:
-        new._encoder = old._encoder
-
-
 # -- the Retriever --------------------------------------------------------------------------------------
 
 
@@ -220,7 +213,6 @@ class Retriever:
             new = old.reopen_if_changed()
             if new is old:
                 return False
-            _carry_encoder(old, new)
             self._state = _Snapshot(new, self.config)
             if self.cache is not None:
                 self.cache.clear()
