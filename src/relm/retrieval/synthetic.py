@@ -17,6 +17,7 @@ import numpy as np
 
 from ..artifacts import AtomicWriter, save_npy_atomic, write_json_atomic
 from ..datastore import layout as L
+from ..datastore.manifest import Counts, EmbeddingShard, Manifest
 
 
 def clustered_vectors(
@@ -111,22 +112,12 @@ def write_vector_datastore(
     save_npy_atomic(root / L.DOC_DOMAIN, np.zeros(1, dtype=np.uint16))
     save_npy_atomic(root / L.DOC_TIMESTAMP, np.full(1, np.iinfo(np.int64).min, dtype=np.int64))
     encoder = {"model": "synthetic", "dim": dim, "pooling": None, "fingerprint": fingerprint, "normalize": True}
-    write_json_atomic(
-        root / L.MANIFEST,
-        {
-            "format": L.FORMAT,
-            "format_version": L.FORMAT_VERSION,
-            "kind": "passages",
-            "generation": generation,
-            "encoder": encoder,
-            "chunker": None,
-            "tokens": None,
-            "counts": {"documents": 1, "passages": n, "words": 0, "tokens": None, "text_bytes": 0,
-                       "shards": len(shards)},
-            "embeddings": {"dtype": "float16", "dim": dim, "shards": shards},
-            "domains": [{"name": "synthetic", "documents": 1}],
-            "inputs": [],
-            "build": {"plan": None, "read": {"skipped": {}}},
-        },
+    manifest = Manifest(
+        kind="passages", encoder=encoder, chunker=None, tokens=None,
+        counts=Counts(documents=1, passages=n, words=0, tokens=None, text_bytes=0, shards=len(shards)),
+        dim=dim, shards=tuple(EmbeddingShard(**s) for s in shards),
+        domains=({"name": "synthetic", "documents": 1},), inputs=(),
+        build={"plan": None, "read": {"skipped": {}}}, generation=generation,
     )
+    write_json_atomic(root / L.MANIFEST, manifest.to_json())
     return root
