@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
-from ..errors import ConfigError, InputError
+from ..corpus.queries import read_queries
+from ..errors import ConfigError
 from .common import HelpFormatter
 
 
@@ -26,7 +26,9 @@ def register(sub) -> None:
     p.add_argument("datastore", metavar="DS")
     p.add_argument("query", nargs="?", help="the query text (or use --queries)")
     p.add_argument("-k", type=int, default=10, help="hits per query")
-    p.add_argument("--queries", metavar="FILE", help="batch of queries")
+    p.add_argument("--queries", metavar="FILE", help="batch of queries (.jsonl, .tsv or lines; .gz/.zst read too)")
+    p.add_argument("--query-id-field", metavar="FIELD",
+                   help="JSONL queries: the id field (default: 'id', or BEIR's '_id' when the file uses it)")
     p.add_argument("--output", "-o", metavar="FILE", help="write results here instead of stdout")
     p.add_argument("--format", choices=["jsonl", "trec"], default="jsonl",
                    help="batch output: one JSON line per query, or a TREC run (qid Q0 passage_id rank score run)")
@@ -112,43 +114,6 @@ def search_options(args):
                          domains=tuple(args.domain), threshold=args.threshold, adaptive=adaptive)
 
 
-def read_queries(path: str) -> list[tuple[str, str]]:
-    """(id, text) pairs from .jsonl, .tsv or plain lines (ids are line numbers there)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(path, None, "missing", "no such query file")
-    out = []
-    with open(p, encoding="utf-8", errors="strict") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise InputError(path, None, "non_utf8", f"not UTF-8 ({e})") from e
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if p.suffix == ".jsonl":
-            try:
-                obj = json.loads(line, parse_constant=_no_constant)
-            except json.JSONDecodeError as e:
-                raise InputError(path, n, "bad_json", f"malformed JSON ({e.msg})") from e
-            except ValueError as e:
-                raise InputError(path, n, "bad_json", f"{e} is not valid JSON; write null or a number") from e
-            text = obj.get("query", obj.get("text")) if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                raise InputError(path, n, "missing_text", "expected an object with a 'query' or 'text' string")
-            out.append((str(obj.get("id", n)), text))
-        elif p.suffix == ".tsv":
-            qid, sep, text = line.partition("\t")
-            if not sep:
-                raise InputError(path, n, "bad_tsv", "expected 'id<TAB>query'")
-            out.append((qid, text))
-        else:
-            out.append((str(n), line))
-    if not out:
-        raise InputError(path, None, "empty_file", "no queries in file")
-    return out
-
-
 def check_args(args):
     """Every flag checked before the datastore is opened: (RetrieverConfig, SearchOptions)."""
     if (args.query is None) == (args.queries is None):
@@ -157,17 +122,13 @@ def check_args(args):
     return retriever_config(args), opts
 
 
-def _no_constant(name: str):
-    raise ValueError(name)
-
-
 def run(args) -> int:
     from ..datastore import Datastore
     from ..retrieval.retriever import Retriever
 
     config, opts = check_args(args)
     ds = Datastore.open(args.datastore)
-    queries = [("1", args.query)] if args.query is not None else read_queries(args.queries)
+    queries = [("1", args.query)] if args.query is not None else read_queries(args.queries, args.query_id_field)
     retriever = Retriever(ds, config)
     results = retriever.search([q for _, q in queries], opts)
     if retriever.cache is not None:
