@@ -389,3 +389,17 @@ def test_bm25_update_falls_back_to_full_rebuild(hash_ds, tmp_path, damage, caplo
     assert "load" not in meta["stage_seconds"] and "updates" not in meta
     assert (path / TOKEN_IDS).exists() and (path / TOKEN_OFFSETS).exists()  # the next update can continue
     assert_same_as_full_rebuild(ds, "bm25")
+
+
+def test_cli_bm25_settings_reach_the_index(tmp_path, capsys):
+    from relm.cli import main
+
+    from conftest import build_hash_datastore
+
+    ds = build_hash_datastore(tmp_path, n_docs=12)
+    assert main(["index", str(ds.root), "--name", "b", "--bm25", "--k1", "0.9", "--b", "0.4",
+                 "--stopwords", "none", "--stemmer", "none", "--bm25-method", "robertson"]) == 0
+    config = json.loads((ds.root / "indexes" / "b" / "config.json").read_text())["config"]
+    assert config == {**config, "k1": 0.9, "b": 0.4, "stopwords": None, "stemmer": None, "method": "robertson"}
+    assert main(["index", str(ds.root), "--name", "c", "--bm25", "--b", "2"]) == 2
+    assert "b must be a number in [0, 1]" in capsys.readouterr().err

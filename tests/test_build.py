@@ -302,3 +302,19 @@ def test_a_build_split_into_parts_and_assembled_is_byte_identical(tmp_path):
     with pytest.raises(InputError, match="more than one part"):
         build_in_parts([tmp_path / "in" / "f0.jsonl", dup], tmp_path / "three", config, world_size=2,
                        encoder=HashEncoder())
+
+
+def test_stats_count_the_encoder_load_once(tmp_path, small_corpus, monkeypatch):
+    """Loading the encoder is timed as load_encoder, not also inside encode."""
+    import relm.encoders
+
+    from conftest import HashEncoder
+
+    def slow_load(config=None, **kw):
+        time.sleep(0.4)
+        return HashEncoder()
+
+    monkeypatch.setattr(relm.encoders, "load_encoder", slow_load)
+    build_datastore([small_corpus], tmp_path / "ds")
+    seconds = json.loads((tmp_path / "ds" / L.STATS).read_text())["seconds"]
+    assert seconds["load_encoder"] >= 0.4 and seconds["encode"] < 0.4

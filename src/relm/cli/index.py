@@ -30,6 +30,12 @@ def register(sub) -> None:
                    help="a sharded index partitioned this way (kmeans with --shards alone; "
                    "domain: one shard per domain)")
     p.add_argument("--shard-factory", default="Flat", help="sharded: faiss index_factory string per shard")
+    bm = p.add_argument_group("BM25 (with --bm25; defaults: bm25s's Lucene BM25)")
+    bm.add_argument("--bm25-method", default="lucene", help="lucene, robertson or atire")
+    bm.add_argument("--k1", type=float, default=1.5, help="term-frequency saturation")
+    bm.add_argument("--b", type=float, default=0.75, help="length normalisation, in [0, 1]")
+    bm.add_argument("--stopwords", default="en", help="a bm25s stopword list name, or 'none'")
+    bm.add_argument("--stemmer", default="english", help="a PyStemmer algorithm, or 'none'")
     p.add_argument("--memory-budget", help="with --factory auto: RAM for the index, e.g. 8GB, 512MB")
     p.add_argument("--train-size", type=int, help="training sample (default: chosen from the list count)")
     p.add_argument("--seed", type=int, default=0, help="sampling and training seed")
@@ -83,7 +89,10 @@ def _build(ds, args) -> dict:
     if args.bm25:
         from ..retrieval.bm25 import BM25Config, build_bm25_index
 
-        index = build_bm25_index(ds, args.name, BM25Config(), overwrite=args.overwrite,
+        none = lambda v: None if v is None or v.lower() == "none" else v  # noqa: E731
+        config = BM25Config(method=args.bm25_method, k1=args.k1, b=args.b, stopwords=none(args.stopwords),
+                            stemmer=none(args.stemmer))
+        index = build_bm25_index(ds, args.name, config, overwrite=args.overwrite,
                                  show_progress=args.progress)
         config = index.meta
     elif args.shards is not None or args.shard_by is not None:
