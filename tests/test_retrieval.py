@@ -179,3 +179,18 @@ def test_sharded_index_respects_tombstones_and_updates(tmp_path):
     index = ShardedIndex.open(ds, "sh")
     q = HashEncoder().encode([ds.passage(len(ds) - 1)])
     assert index.search(q, 1)[1][0, 0] == len(ds) - 1
+
+
+def test_a_filter_that_excludes_everything_says_why(tmp_path, caplog):
+    from relm.corpus.documents import NO_TIMESTAMP
+    from relm.retrieval.retriever import Retriever, RetrieverConfig
+
+    from conftest import HashEncoder, build_hash_datastore
+
+    ds = build_hash_datastore(tmp_path, n_docs=10)  # timestamps 1,000,000 + i
+    r = Retriever(ds, RetrieverConfig())
+    ds._encoder = HashEncoder()
+    with caplog.at_level("WARNING", logger="relm"):
+        assert r.search(["x"], 3, before=10)[0] == []
+    assert "exclude every passage" in caplog.text and "in the --before/--after range (10 dated" in caplog.text
+    assert NO_TIMESTAMP not in set(ds.doc_timestamp.tolist())

@@ -136,6 +136,28 @@ class _Hybrid:
 BACKENDS = {"exact": _Exact, "ann": _Ann, "sharded": _Sharded, "bm25": _BM25, "hybrid": _Hybrid}
 
 
+def _say_why_empty(ds, opts: SearchOptions, mask: np.ndarray) -> None:
+    """Warn (once per filter and revision: masks are cached) when the filters leave nothing to return,
+    naming the filter, instead of answering every query with nothing and no reason."""
+    if mask.any() or len(ds) == 0:
+        return
+    from ..corpus.documents import NO_TIMESTAMP
+
+    why = []
+    if opts.before is not None or opts.after is not None:
+        dated = int(np.count_nonzero(np.asarray(ds.doc_timestamp) != NO_TIMESTAMP))
+        why.append("no document has a timestamp" if dated == 0 else
+                   f"no live document has a timestamp in the --before/--after range ({dated:,} dated documents)")
+    if opts.domains:
+        why.append(f"domains {list(opts.domains)}")
+    if opts.subsample is not None:
+        why.append(f"subsample {opts.subsample.fraction}")
+    if len(ds.deleted_documents) == ds.n_documents:
+        why.append("every document is deleted")
+    log.warning("%s: the filters exclude every passage (%s); every search returns nothing",
+                ds.root, "; ".join(why) or "filters")
+
+
 class _Snapshot:
     """One revision: the datastore, its opened backend and the filter masks computed at this revision."""
 
@@ -159,6 +181,7 @@ class _Snapshot:
             kept = kept_passages(len(self.ds), opts.subsample.fraction, opts.subsample.seed)
             mask = kept if mask is None else mask & kept
         if mask is not None:
+            _say_why_empty(self.ds, opts, mask)
             mask.flags.writeable = False  # shared by every search with these filters
         with self._lock:
             self._masks[key] = mask
