@@ -194,3 +194,16 @@ def test_a_filter_that_excludes_everything_says_why(tmp_path, caplog):
         assert r.search(["x"], 3, before=10)[0] == []
     assert "exclude every passage" in caplog.text and "in the --before/--after range (10 dated" in caplog.text
     assert NO_TIMESTAMP not in set(ds.doc_timestamp.tolist())
+
+
+def test_repeats_within_one_batch_count_as_cache_hits(tmp_path):
+    from relm.retrieval.retriever import Retriever, RetrieverConfig
+
+    from conftest import build_hash_datastore
+
+    r = Retriever(build_hash_datastore(tmp_path, n_docs=10), RetrieverConfig(cache_bytes=1 << 20))
+    first = r.search(["a", "b", "a", "a"], 3)
+    assert (r.cache.stats.hits, r.cache.stats.misses) == (2, 2)  # the two repeats of "a" are hits
+    assert first[0] == first[2] == first[3]
+    r.search(["a", "c"], 3)
+    assert (r.cache.stats.hits, r.cache.stats.misses) == (3, 3)

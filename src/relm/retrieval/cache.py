@@ -62,6 +62,11 @@ class ResultCache:
             self.stats.hits += 1
             return entry[0], entry[1]  # stored copies, never written to
 
+    def count_repeats(self, n: int) -> None:
+        """`n` queries answered by a repeat earlier in the same batch: hits that needed no lookup."""
+        with self._lock:
+            self.stats.hits += n
+
     def put(self, key: tuple, scores: np.ndarray, ids: np.ndarray) -> None:
         size = scores.nbytes + ids.nbytes + sys.getsizeof(key[0]) + 64  # 64: tuple and dict overhead
         if size > self.max_bytes:

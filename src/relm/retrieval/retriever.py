@@ -276,6 +276,8 @@ class Retriever:
                             lambda rows: state.backend.search_texts(
                                 unique if rows is None else [unique[r] for r in rows], opts.k, state.mask(opts)))
         if len(unique) < len(texts):
+            if self.cache is not None:  # a repeat in the batch is served like a cache hit: count it as one
+                self.cache.count_repeats(len(texts) - len(unique))
             where = {t: n for n, t in enumerate(unique)}
             rows = np.array([where[t] for t in texts], dtype=np.int64)
             s, i = s[rows], i[rows]
