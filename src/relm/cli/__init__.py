@@ -22,6 +22,7 @@ from . import (
     compact,
     delete,
     eval,
+    eval_retrieval,
     index,
     index_eval,
     info,
@@ -33,7 +34,7 @@ from . import (
 )
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, scale, quickstart, retro)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:
