@@ -99,15 +99,7 @@ def build_datastore(
     from .store import Datastore
 
     out = Path(out)
-    files = [f for f in resolve_inputs(inputs, config.reader) if not _inside(f.path, out)]
-    if not files:
-        raise InputError(str(out), None, "missing", "every input lies inside the output directory")
-    plan = _plan(files, config)
-    _check_out(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DatastoreError(f"--out {out}: cannot create the directory ({e.strerror})") from e
+    files, plan = _files_and_plan(inputs, out, config)
     with writer_lock(out, wait=wait):
         if _prepare_output(out, plan, overwrite, replace_other):
             log.info("%s is already built with these inputs and settings; nothing to do", out)
@@ -136,12 +128,7 @@ def build_in_parts(
     if not isinstance(world_size, int) or world_size < 1:
         raise DatastoreError(f"world_size must be a positive integer, got {world_size!r}")
     out = Path(out)
-    files = [f for f in resolve_inputs(inputs, config.reader) if not _inside(f.path, out)]
-    if not files:
-        raise InputError(str(out), None, "missing", "every input lies inside the output directory")
-    plan = _plan(files, config)
-    _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
+    files, plan = _files_and_plan(inputs, out, config)
     t_start = time.perf_counter()
     with writer_lock(out):
         if _prepare_output(out, plan, False):
@@ -207,6 +194,20 @@ def _merge_read_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped_examples": [e for s in stats for e in s["skipped_examples"]][:20],
         "non_finite_nulled": sum(s.get("non_finite_nulled", 0) for s in stats),
     }
+
+
+def _files_and_plan(inputs, out: Path, config: BuildConfig) -> tuple[list[InputFile], dict[str, Any]]:
+    """The input files (none inside `out`) and the build plan; `out` checked and created."""
+    files = [f for f in resolve_inputs(inputs, config.reader) if not _inside(f.path, out)]
+    if not files:
+        raise InputError(str(out), None, "missing", "every input lies inside the output directory")
+    plan = _plan(files, config)
+    _check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatastoreError(f"--out {out}: cannot create the directory ({e.strerror})") from e
+    return files, plan
 
 
 def _check_out(out: Path) -> None:

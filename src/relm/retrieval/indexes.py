@@ -104,17 +104,17 @@ def list_indexes(ds) -> list[dict[str, Any]]:
     root = Path(ds.root) / INDEXES_DIR
     if not root.exists():
         return []
-    out = []
-    for p in sorted(root.iterdir()):
-        if (p / CONFIG).exists():
-            try:
-                config = read_json(p / CONFIG)
-            except ValueError as e:
-                raise DatastoreError(f"{p / CONFIG}: unreadable index config ({e}); rebuild the index") from e
-            if not isinstance(config, dict) or not isinstance(config.get("datastore"), dict):
-                raise DatastoreError(f"{p / CONFIG}: not an index config; rebuild the index")
-            out.append(config)
-    return out
+    return [_read_config(p / CONFIG) for p in sorted(root.iterdir()) if (p / CONFIG).exists()]
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = read_json(path)
+    except ValueError as e:
+        raise DatastoreError(f"{path}: unreadable index config ({e}); rebuild the index") from e
+    if not isinstance(config, dict) or not isinstance(config.get("datastore"), dict):
+        raise DatastoreError(f"{path}: not an index config; rebuild the index")
+    return config
 
 
 def write_index_config(path: Path, config: dict[str, Any]) -> None:
@@ -129,12 +129,7 @@ def read_index_config(ds, name: str, *, check_fresh: bool = True, kind: str | No
         raise DatastoreError(
             f"{ds.root}: no index named {name!r} (have: {have}); build it with `relm index {ds.root} --name {name}`"
         )
-    try:
-        config = read_json(path / CONFIG)
-    except ValueError as e:
-        raise DatastoreError(f"{path / CONFIG}: unreadable index config ({e}); rebuild the index") from e
-    if not isinstance(config, dict) or not isinstance(config.get("datastore"), dict):
-        raise DatastoreError(f"{path / CONFIG}: not an index config; rebuild the index")
+    config = _read_config(path / CONFIG)
     if config.get("format_version") != INDEX_FORMAT_VERSION:
         raise DatastoreError(f"{path}: index format version {config.get('format_version')!r} is not supported")
     if kind is not None and config.get("type") != kind:
