@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from build_throughput import sample_corpus  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
@@ -64,13 +63,9 @@ class StandInEncoder:
         self.name, self.dim = identity["model"], int(identity["dim"])
 
     def encode(self, texts, *, batch_size=64, normalize=True, show_progress=False):
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
-            out[i] = np.random.default_rng(seed).standard_normal(self.dim)
-        if normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out
+        from relm.retrieval.synthetic import hash_vectors
+
+        return hash_vectors(texts, self.dim, normalize=normalize)
 
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)

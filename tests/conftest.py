@@ -113,17 +113,9 @@ class HashEncoder:
     dim = 32
 
     def encode(self, texts, *, batch_size=64, normalize=True, show_progress=False):
-        import hashlib
+        from relm.retrieval.synthetic import hash_vectors
 
-        import numpy as np
-
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
-            out[i] = np.random.default_rng(seed).standard_normal(self.dim)
-        if normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out
+        return hash_vectors(texts, self.dim, normalize=normalize)
 
     def identity(self):
         return {"model": self.name, "backend": "test", "dim": self.dim, "pooling": "none",

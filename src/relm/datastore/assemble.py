@@ -33,20 +33,16 @@ class Segment:
     docs: np.ndarray  # sorted document indexes of ds to take
 
 
-def whole(ds) -> Segment:
-    return Segment(ds, np.arange(ds.n_documents, dtype=np.int64))
-
-
 def assemble(out: Path, segments: Sequence[Segment], *, shard_size: int, build: dict[str, Any],
              inputs: Sequence[dict[str, Any]], check_ids: bool = False) -> Manifest:
     """Write the concatenation of `segments` under `out`; returns its manifest (not written)."""
     if not segments:
         raise DatastoreError("assemble needs at least one segment")
     first = segments[0].ds.meta
+    tokenizer = (first.tokens or {}).get("tokenizer")
     for seg in segments[1:]:
         m = seg.ds.meta
-        if m.encoder["fingerprint"] != first.encoder["fingerprint"] or m.tokens != first.tokens and \
-                (m.tokens or {}).get("tokenizer") != (first.tokens or {}).get("tokenizer"):
+        if m.encoder["fingerprint"] != first.encoder["fingerprint"] or (m.tokens or {}).get("tokenizer") != tokenizer:
             raise DatastoreError(f"{seg.ds.root}: built with another encoder or tokenizer than {segments[0].ds.root}")
     ids = IdRegistry() if check_ids else None
     text = AtomicWriter(out / L.PASSAGE_TEXT)

@@ -67,13 +67,6 @@ def recover(root: str | Path, *, wait: bool = False) -> str | None:
 
 
 # -- tombstones ---------------------------------------------------------------------------------
-def read_deleted(root: str | Path) -> np.ndarray:
-    """The tombstones of the datastore at `root` (opened and checked)."""
-    from .store import Datastore
-
-    return Datastore.open(root).deleted_documents
-
-
 def _doc_ids(ds) -> dict[str, int]:
     """id -> document index for every committed document (records beyond the manifest are not read)."""
     return {json.loads(ds.record_bytes(j))["id"]: j for j in range(ds.n_documents)}
@@ -158,7 +151,7 @@ def add_documents(
 
 def _check_new_ids(ds, inputs, reader: ReaderConfig) -> None:
     """New document ids must not clash with live documents (ids of deleted documents may be reused)."""
-    deleted = set(read_deleted(ds.root).tolist())
+    deleted = set(ds.deleted_documents.tolist())
     live = IdRegistry()
     for doc_id, j in _doc_ids(ds).items():
         if j not in deleted:

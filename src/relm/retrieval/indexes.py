@@ -39,9 +39,13 @@ def check_name(name: str) -> str:
     return name
 
 
+def _index_root(ds) -> Path:
+    return Path(getattr(ds, "index_root", Path(ds.root) / INDEXES_DIR))
+
+
 def index_dir(ds, name: str) -> Path:
     """Where index NAME of `ds` is read and written: DS/indexes/NAME, or its staged copy in a writer's view."""
-    return Path(getattr(ds, "index_root", Path(ds.root) / INDEXES_DIR)) / check_name(name)
+    return _index_root(ds) / check_name(name)
 
 
 def live_index_dir(ds, name: str) -> Path:
@@ -50,7 +54,7 @@ def live_index_dir(ds, name: str) -> Path:
 
 def is_staged(ds) -> bool:
     """True for a writer's view whose indexes are written to staging (inside an index transaction)."""
-    return index_dir(ds, "x").parent != Path(ds.root) / INDEXES_DIR
+    return _index_root(ds) != Path(ds.root) / INDEXES_DIR
 
 
 @contextlib.contextmanager

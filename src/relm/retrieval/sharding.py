@@ -27,6 +27,7 @@ import numpy as np
 from ..artifacts import load_npy, read_json, save_npy_atomic
 from ..config import _from_dict
 from ..errors import ConfigError, DatastoreError
+from .ann import vector_probe
 from .indexes import (
     check_k,
     check_probe,
@@ -42,12 +43,6 @@ from .indexes import (
 )
 from .registry import build_config
 from .topk import PAD_ID, merge_topk
-
-
-def vector_probe(ds, n: int) -> str:
-    from .ann import vector_probe as probe  # ann imports faiss; keep this module's import light
-
-    return probe(ds, n)
 
 log = logging.getLogger(__name__)
 

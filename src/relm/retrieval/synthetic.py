@@ -5,7 +5,9 @@ embeddings, which cluster by topic), in blocks so a million never sit in memory
 at once; `write_vector_datastore` writes them as a real, minimal datastore
 directory (one placeholder passage per vector, one document) that
 `Datastore.open` accepts, so indexes are built and opened exactly as on a
-corpus. In the spirit of faiss `contrib.datasets.SyntheticDataset`.
+corpus. In the spirit of faiss `contrib.datasets.SyntheticDataset`. `hash_vectors` is a deterministic
+stand-in for an encoder (a seeded Gaussian vector per distinct text), for tests and benchmarks that need
+real datastores without loading a model.
 """
 
 from __future__ import annotations
@@ -121,3 +123,16 @@ def write_vector_datastore(
     )
     write_json_atomic(root / L.MANIFEST, manifest.to_json())
     return root
+
+
+def hash_vectors(texts, dim: int, *, normalize: bool = True) -> np.ndarray:
+    """(len(texts), dim) float32: one seeded Gaussian vector per distinct text (seed: blake2b of the text)."""
+    import hashlib
+
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for i, t in enumerate(texts):
+        seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+        out[i] = np.random.default_rng(seed).standard_normal(dim)
+    if normalize:
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
