@@ -3,6 +3,7 @@
 from .config import BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
 from .datastore import Datastore, Hit, build_datastore
 from .errors import ConfigError, DatastoreError, InputError, RelmError
+from .generation import GenerationConfig, agenerate_stream, generate_stream
 from .version import __version__
 
 __all__ = [
@@ -12,10 +13,13 @@ __all__ = [
     "Datastore",
     "DatastoreError",
     "EncoderConfig",
+    "GenerationConfig",
     "Hit",
     "InputError",
     "ReaderConfig",
     "RelmError",
     "__version__",
+    "agenerate_stream",
     "build_datastore",
+    "generate_stream",
 ]

@@ -2,13 +2,18 @@
 
 An LM tokenizes text (ids plus character offsets, so bits per byte can be counted exactly), scores a
 batch of token sequences into the log-probabilities of each sequence's last tokens, and generates.
+Generation goes through two steps every backend implements: `prefill(ids) -> LMState` runs a prompt and
+`step(state, next_ids) -> logits` feeds more tokens to it. An `LMState` holds the backend's KV cache, the
+tokens it has consumed and the next-token logits; `prefill(ids, reuse=state)` starts from the longest
+prefix `ids` shares with `state` (cropping a cache is cheap), so an input that changes only after a
+prefix is not run again.
 `ScoreRequest` is the unit of work: `ids` is the full input (context + scored tokens) and the last
 `n_target` tokens are scored, each given everything before it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +39,30 @@ class ScoreRequest:
     @property
     def context_length(self) -> int:
         return len(self.ids) - self.n_target
+
+
+@dataclass(eq=False)  # states compare by identity
+class LMState:
+    """What an LM has consumed: `ids` (int64, the positions 0..len-1 so far), the backend's `cache` (a
+    transformers Cache, a RETRO DecodeState, ...), the next-token `logits` (float32, (vocab,)) after the
+    last consumed token, and the `owner` LM (a state is only ever extended by the LM that made it)."""
+
+    ids: np.ndarray
+    cache: Any
+    logits: np.ndarray | None
+    owner: Any = field(repr=False, default=None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """The length of the longest common prefix of two 1-d id arrays."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
 
 
 @dataclass(frozen=True)
@@ -77,6 +106,13 @@ class LanguageModel(Protocol):
 
     def generate(self, prompt: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0) -> str: ...
+
+    def prefill(self, ids, reuse: LMState | None = None, *, copy: bool = True) -> LMState:
+        """Run `ids` (1-d, at most context_length) and return its state; with `reuse`, only the part after
+        the prefix shared with reuse.ids (reuse is copied first unless copy=False)."""
+
+    def step(self, state: LMState, next_ids) -> np.ndarray:
+        """Feed next_ids (one or more tokens) to `state` in place; the logits after the last of them."""
 
     def identity(self) -> dict[str, Any]: ...
 

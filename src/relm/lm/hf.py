@@ -22,7 +22,7 @@ import numpy as np
 from ..corpus.tokenizer import cache_dir, smollm2_gguf_path
 from ..errors import ConfigError
 from ..progress import progress
-from .base import LMConfig, ScoreRequest, length_batches
+from .base import LMConfig, LMState, ScoreRequest, common_prefix, length_batches
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,53 @@ class HFCausalLM:
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
         return self.decode(out[0, ids.shape[1]:]).strip()
+
+    # -- the step API (see base.py) ------------------------------------------------------------------
+    def prefill(self, ids, reuse: LMState | None = None, *, copy: bool = True) -> LMState:
+        """Run ids on a fresh KV cache, or on `reuse` cropped to the prefix it shares with ids (at least the
+        last id is always run, so the state has its logits)."""
+        import copy as copy_
+
+        from transformers import DynamicCache
+
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            raise ConfigError("prefill needs at least one token; the prompt is empty")
+        self._check_length(len(ids))
+        keep = 0
+        if reuse is not None:
+            if reuse.owner is not self:
+                raise ConfigError("prefill(reuse=...) got a state made by another LM")
+            keep = min(common_prefix(reuse.ids, ids), len(ids) - 1)
+        if keep > 0:
+            state = LMState(reuse.ids, copy_.deepcopy(reuse.cache), reuse.logits, self) if copy else reuse
+            if keep < len(state):
+                state.cache.crop(keep - len(state))  # transformers crops by a negative count of tokens
+                state.ids = state.ids[:keep]
+        else:
+            state = LMState(np.empty(0, np.int64), DynamicCache(config=self.model.config), None, self)
+        self.step(state, ids[keep:])
+        return state
+
+    def step(self, state: LMState, next_ids) -> np.ndarray:
+        import torch
+
+        new = np.asarray(next_ids, dtype=np.int64).reshape(-1)
+        if len(new) == 0:
+            raise ConfigError("step needs at least one token")
+        self._check_length(len(state) + len(new))
+        with torch.inference_mode():
+            x = torch.from_numpy(new)[None].to(self.device)
+            out = self.model(input_ids=x, cache=state.cache, use_cache=True, logits_to_keep=1)
+        state.cache = out.cache
+        state.ids = np.concatenate([state.ids, new])
+        state.logits = out.logits[0, -1].float().cpu().numpy()
+        return state.logits
+
+    def _check_length(self, n: int) -> None:
+        if n > self.context_length:
+            raise ConfigError(f"{n:,} tokens exceed {self.name}'s context of {self.context_length:,}; shorten "
+                              "the prompt, the passages or max_new_tokens")
 
     # -- identity -----------------------------------------------------------------------------------
     def shape(self) -> dict[str, int]:

@@ -1,0 +1,236 @@
+"""The LM step API and streaming generation with retrieval (relm.lm prefill/step, relm.generation)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from relm import ConfigError, GenerationConfig, agenerate_stream, generate_stream
+from relm.generation import DoneEvent, RetrievalEvent, TokenEvent, event_dict
+from relm.generation.text import TextStream
+from relm.lm.sampling import sample_next
+from relm.retrieval.options import RetrieverConfig
+from relm.retrieval.retriever import Retriever
+
+from conftest import build_hash_datastore, make_text
+
+
+@pytest.fixture(scope="module")
+def hash_retriever(tmp_path_factory):
+    ds = build_hash_datastore(tmp_path_factory.mktemp("gen"), n_docs=60)
+    return Retriever(ds, RetrieverConfig("exact"))
+
+
+def full_logits(lm, ids) -> np.ndarray:
+    with torch.inference_mode():
+        return lm.model(torch.as_tensor(ids)[None]).logits[0, -1].float().numpy()
+
+
+def run(lm, retriever, prompt, **kw):
+    events = list(generate_stream(lm, retriever, prompt, GenerationConfig(**kw)))
+    assert isinstance(events[-1], DoneEvent)
+    return events
+
+
+# -- the step API -----------------------------------------------------------------------------------------
+
+def test_prefill_and_step_equal_a_full_forward(tiny_lm):
+    ids, _ = tiny_lm.encode(make_text(3, 40))
+    state = tiny_lm.prefill(ids[:25])
+    np.testing.assert_allclose(state.logits, full_logits(tiny_lm, ids[:25]), atol=1e-5)
+    for t in range(25, 30):
+        tiny_lm.step(state, [ids[t]])
+    np.testing.assert_allclose(state.logits, full_logits(tiny_lm, ids[:30]), atol=1e-5)
+    tiny_lm.step(state, ids[30:])  # several tokens at once
+    assert len(state) == len(ids)
+    np.testing.assert_allclose(state.logits, full_logits(tiny_lm, ids), atol=1e-5)
+
+
+def test_prefill_reuses_the_shared_prefix_and_leaves_the_original(tiny_lm):
+    a, _ = tiny_lm.encode(make_text(1, 30))
+    b = np.concatenate([a[:20], tiny_lm.encode(make_text(2, 15))[0]])
+    sa = tiny_lm.prefill(a)
+    sb = tiny_lm.prefill(b, reuse=sa)  # crops a copy of sa to 20 tokens, runs the rest of b
+    np.testing.assert_allclose(sb.logits, full_logits(tiny_lm, b), atol=1e-5)
+    assert len(sa) == len(a)  # copied, not cropped in place
+    np.testing.assert_allclose(sa.logits, full_logits(tiny_lm, a), atol=1e-5)
+    same = tiny_lm.prefill(a, reuse=sa)  # everything shared: only the last token is run again
+    np.testing.assert_allclose(same.logits, sa.logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="empty"):
+        tiny_lm.prefill([])
+    with pytest.raises(ConfigError, match="context"):
+        tiny_lm.prefill(np.full(600, 3))
+
+
+def test_sample_next():
+    logits = np.array([0.1, 3.0, 2.9, -1.0])
+    rng = np.random.default_rng(0)
+    assert sample_next(logits, rng) == 1
+    assert sample_next(np.array([1.0, 1.0]), rng) == 0  # ties: the lowest id
+    assert sample_next(logits, rng, temperature=1.0, top_k=1) == 1
+    assert sample_next(logits, rng, temperature=1.0, top_p=0.01) == 1
+    draws = [sample_next(logits, np.random.default_rng(s), temperature=1.0, top_k=2) for s in range(400)]
+    assert set(draws) == {1, 2} and 150 < draws.count(1) < 260  # p = e^3 / (e^3 + e^2.9) = 0.525
+
+
+# -- text deltas and stop strings -------------------------------------------------------------------------
+
+def test_text_stream_holds_back_a_possible_stop_string():
+    vocab = ["Hello", " wor", "ld", " EN", "D", " more"]
+    s = TextStream(lambda ids: "".join(vocab[i] for i in ids), stop=(" END",))
+    out = [s.push(i) for i in range(5)]
+    assert out == ["Hello", " wor", "ld", "", ""] and s.stopped
+    assert s.finish() == "" and s.text() == "Hello world"
+    s2 = TextStream(lambda ids: "".join(vocab[i] for i in ids), stop=(" END",))
+    assert [s2.push(i) for i in (0, 3, 5)] == ["Hello", "", " EN more"] and not s2.stopped
+
+
+def test_incomplete_characters_are_held_back():
+    pieces = {0: b"caf", 1: b"\xc3", 2: b"\xa9!"}
+    s = TextStream(lambda ids: b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace"))
+    assert [s.push(i) for i in range(3)] == ["caf", "", "é!"]
+
+
+# -- generation ---------------------------------------------------------------------------------------------
+
+def test_without_retrieval_greedy_equals_transformers_generate(tiny_lm):
+    prompt = make_text(5, 20)
+    ids, _ = tiny_lm.encode(prompt)
+    events = run(tiny_lm, None, prompt, max_new_tokens=12, stop_at_eos=False)
+    with torch.inference_mode():
+        ref = tiny_lm.model.generate(torch.as_tensor(ids)[None], max_new_tokens=12, do_sample=False,
+                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     pad_token_id=tiny_lm.eos_id, eos_token_id=None,
+                                     temperature=None, top_p=None, top_k=None)
+    assert list(events[-1].token_ids) == ref[0, len(ids):].tolist()
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    assert "".join(e.text for e in tokens) == events[-1].text
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 1.0, "seed": 3}, {"temperature": 0.8, "top_k": 5,
+                                                                                "top_p": 0.9, "seed": 1}])
+def test_exact_mode_equals_the_naive_loop(tiny_lm, hash_retriever, sampling):
+    prompt = make_text(7, 25)
+    kw = dict(max_new_tokens=23, k=2, retrieve_every=5, query_tokens=8, stop_at_eos=False, **sampling)
+    naive = run(tiny_lm, hash_retriever, prompt, mode="naive", **kw)
+    exact = run(tiny_lm, hash_retriever, prompt, mode="exact", **kw)
+    assert exact[-1].token_ids == naive[-1].token_ids
+    r_naive = [(e.position, e.passage_ids) for e in naive if isinstance(e, RetrievalEvent)]
+    assert r_naive == [(e.position, e.passage_ids) for e in exact if isinstance(e, RetrievalEvent)]
+    assert [p for p, _ in r_naive] == [0, 5, 10, 15, 20]
+    assert all(len(ids) == 2 for _, ids in r_naive)
+    # exact prefilled less: the passages + context computed before were not run again
+    assert exact[-1].counts["prefilled_tokens"] < naive[-1].counts["prefilled_tokens"]
+    assert naive[-1].counts["reused_tokens"] == 0 and exact[-1].counts["reused_tokens"] > 0
+
+
+def test_exact_mode_equals_a_plain_reference_loop(tiny_lm, hash_retriever):
+    """The naive loop written out by hand: retrieve, rebuild passages + context, full forward per token."""
+    from relm.eval.variants import prepend
+
+    prompt, n, every, q = make_text(9, 18), 12, 4, 6
+    context = list(tiny_lm.encode(prompt)[0])
+    passages = []
+    for t in range(n):
+        if t % every == 0:
+            query = prompt if t == 0 else tiny_lm.decode(context[-q:]).strip()
+            _, ids = hash_retriever.search_ids([query], 2)
+            passages = [tiny_lm.encode(hash_retriever.ds.passage(int(i)) + "\n\n")[0] for i in ids[0]]
+        x = prepend(passages, np.asarray(context), tiny_lm.context_length - 1)
+        context.append(int(np.argmax(full_logits(tiny_lm, x))))
+    events = run(tiny_lm, hash_retriever, prompt, max_new_tokens=n, retrieve_every=every, query_tokens=q,
+                 stop_at_eos=False)
+    assert list(events[-1].token_ids) == context[-n:]
+
+
+def test_prefetch_overlaps_retrieval_with_decoding(tiny_lm, hash_retriever):
+    class SlowLM:  # decoding takes 20 ms a token, as a real LM would
+        def __init__(self, lm):
+            self.lm = lm
+
+        def __getattr__(self, name):
+            return getattr(self.lm, name)
+
+        def step(self, state, ids):
+            time.sleep(0.02)
+            return self.lm.step(state, ids)
+
+    class SlowRetriever:  # each search takes 60 ms
+        ds = hash_retriever.ds
+
+        def search_ids(self, texts, opts):
+            time.sleep(0.06)
+            return hash_retriever.search_ids(texts, opts)
+
+    kw = dict(max_new_tokens=30, retrieve_every=6, stop_at_eos=False)
+    lm = SlowLM(tiny_lm)
+    seq = run(lm, SlowRetriever(), make_text(4, 20), mode="exact", **kw)[-1]
+    pre = run(lm, SlowRetriever(), make_text(4, 20), mode="prefetch", check_staleness=False, **kw)[-1]
+    assert pre.counts["retrievals"] == seq.counts["retrievals"] == 5
+    # prefetch waited for retrieval less than retrieval took: the rest ran while the LM decoded
+    assert pre.timing["retrieval_wait"] < 0.5 * (pre.timing["retrieval"] - 0.06)
+    assert pre.timing["total"] < seq.timing["total"]
+    assert pre.timing["total"] < pre.timing["decode"] + pre.timing["prefill"] + pre.timing["retrieval"]
+
+
+def test_first_event_arrives_before_generation_ends(tiny_lm, hash_retriever):
+    stream = generate_stream(tiny_lm, hash_retriever, make_text(2, 15),
+                             GenerationConfig(max_new_tokens=20, stop_at_eos=False))
+    first = next(stream)
+    assert isinstance(first, RetrievalEvent) and first.position == 0
+    token = next(stream)
+    assert isinstance(token, TokenEvent) and token.index == 0
+    rest = list(stream)
+    assert isinstance(rest[-1], DoneEvent) and len(rest[-1].token_ids) == 20
+    assert event_dict(rest[-1])["type"] == "done"
+
+
+def test_async_stream_equals_the_sync_one(tiny_lm, hash_retriever):
+    config = GenerationConfig(max_new_tokens=10, stop_at_eos=False)
+
+    async def collect():
+        return [e async for e in agenerate_stream(tiny_lm, hash_retriever, make_text(6, 12), config)]
+
+    events = asyncio.run(collect())
+    sync = list(generate_stream(tiny_lm, hash_retriever, make_text(6, 12), config))
+    assert [type(e) for e in events] == [type(e) for e in sync]
+    assert events[-1].token_ids == sync[-1].token_ids
+
+    async def stop_early():
+        async for e in agenerate_stream(tiny_lm, hash_retriever, make_text(6, 12), config):
+            if isinstance(e, TokenEvent):
+                return e
+    assert isinstance(asyncio.run(stop_early()), TokenEvent)  # leaving early cancels cleanly
+
+
+def test_citations_cover_the_tokens_each_passage_set_was_in_context_for(tiny_lm, hash_retriever):
+    done = run(tiny_lm, hash_retriever, make_text(8, 20), max_new_tokens=17, retrieve_every=5,
+               stop_at_eos=False)[-1]
+    spans = [(c["start"], c["end"]) for c in done.citations]
+    assert spans[0][0] == 0 and spans[-1][1] == 17
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no gaps
+    assert done.counts["retrievals"] == 4 and len(done.citations) == 1 + done.counts["changed_sets"]
+
+
+def test_stop_string_ends_the_text(tiny_lm):
+    free = run(tiny_lm, None, make_text(5, 20), max_new_tokens=12, stop_at_eos=False)[-1]
+    words = free.text.split()
+    stop = words[3]
+    done = run(tiny_lm, None, make_text(5, 20), max_new_tokens=12, stop_at_eos=False, stop=(stop,))[-1]
+    assert done.finish_reason == "stop" and stop not in done.text
+    assert free.text.startswith(done.text)
+
+
+def test_bad_input(tiny_lm, hash_retriever):
+    with pytest.raises(ConfigError, match="prompt is empty"):
+        list(generate_stream(tiny_lm, hash_retriever, "  "))
+    with pytest.raises(ConfigError, match="context"):
+        list(generate_stream(tiny_lm, hash_retriever, make_text(1, 700)))
+    for bad in ({"k": 0}, {"retrieve_every": 0}, {"max_new_tokens": 0}, {"mode": "fast"}, {"top_p": 2},
+                {"stop": ("",)}):
+        with pytest.raises(ConfigError):
+            GenerationConfig(**bad)
