@@ -234,3 +234,43 @@ def test_bad_input(tiny_lm, hash_retriever):
                 {"stop": ("",)}):
         with pytest.raises(ConfigError):
             GenerationConfig(**bad)
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+
+def test_relm_generate_streams_then_cites(tiny_lm_dir, hash_retriever, capsys, tmp_path):
+    import json
+
+    from relm.cli import main
+
+    ds = str(hash_retriever.ds.root)
+    assert main(["-q", "index", ds, "--name", "bm", "--bm25"]) == 0
+    capsys.readouterr()
+    common = ["--lm", str(tiny_lm_dir), "--retriever", "bm25", "--index", "bm", "--max-new-tokens", "12",
+              "--retrieve-every", "4", "--ignore-eos"]
+    assert main(["generate", ds, make_text(3, 12), *common]) == 0
+    out = capsys.readouterr()
+    assert "passages in context:" in out.out and "tokens [0, " in out.out
+    assert "3 retrievals" in out.err
+    assert main(["generate", ds, make_text(3, 12), *common, "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["type"] == "retrieval" and events[-1]["type"] == "done"
+    assert sum(e["type"] == "token" for e in events) >= 12
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(make_text(1, 10) + "\n" + make_text(2, 10) + "\n")
+    assert main(["generate", ds, "--prompts", str(prompts), "-o", str(tmp_path / "out.jsonl"), *common]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2"] and all(len(r["retrievals"]) == 3 for r in rows)
+    assert main(["generate", ds, make_text(3, 12), *common, "--no-retrieval", "--json"]) == 0
+    assert all(json.loads(line)["type"] != "retrieval" for line in capsys.readouterr().out.splitlines())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-k", "0"], "k (-k)"), (["--retrieve-every", "0"], "retrieve_every"), (["--top-p", "3"], "top_p"),
+])
+def test_relm_generate_bad_flags_are_one_line(argv, message, tiny_lm_dir, hash_retriever, capsys):
+    from relm.cli import main
+
+    assert main(["generate", str(hash_retriever.ds.root), "hello", "--lm", str(tiny_lm_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

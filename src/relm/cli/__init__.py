@@ -23,6 +23,7 @@ from . import (
     delete,
     eval,
     eval_retrieval,
+    generate,
     index,
     index_eval,
     info,
@@ -34,7 +35,7 @@ from . import (
 )
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, scale, quickstart, retro)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, generate, scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:

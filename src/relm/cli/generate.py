@@ -1,0 +1,137 @@
+"""`relm generate DS "prompt"`: stream a continuation with retrieval every N tokens, then the citations."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import ConfigError
+from .common import HelpFormatter
+from .search import add_retriever_arguments, retriever_config
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate with retrieval every N tokens, streamed (exact or prefetch)",
+        description="Continue PROMPT with the LM, retrieving k passages every --retrieve-every new tokens "
+        "(query: the last --query-tokens tokens; the prompt for the first) and prepending them, best last. "
+        "Tokens stream to stdout as they come; the passages used follow, with the spans of new tokens they "
+        "were in context for. --json prints every event as a JSON line; --prompts FILE runs a batch to JSONL.",
+        formatter_class=HelpFormatter)
+    p.add_argument("datastore", metavar="DS")
+    p.add_argument("prompt", nargs="?", help="the text to continue")
+    p.add_argument("--prompts", metavar="FILE", help="a batch: queries as `relm search --queries` reads them")
+    p.add_argument("--output", "-o", metavar="FILE", help="--prompts: write JSONL here (default: stdout)")
+    p.add_argument("--lm", default="smollm2", help="'smollm2', a local HF model directory or a .gguf file")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-text token")
+    r = p.add_argument_group("retrieval during generation")
+    r.add_argument("-k", type=int, default=2, help="passages in context")
+    r.add_argument("--retrieve-every", type=int, default=10, help="new tokens between retrievals")
+    r.add_argument("--query-tokens", type=int, default=32, help="the query: the last this many tokens")
+    r.add_argument("--mode", default="exact", choices=["exact", "prefetch", "naive"],
+                   help="exact: the naive loop's tokens, prefix KV reused; prefetch: retrieval overlapped "
+                   "with decoding (queries stale by up to --retrieve-every tokens); naive: re-prefill all")
+    r.add_argument("--no-retrieval", action="store_true", help="plain generation (the baseline)")
+    r.add_argument("--threshold", type=float, help="drop passages scoring below this (the retriever's scale)")
+    r.add_argument("--before", metavar="TIME", help="only documents dated before this")
+    r.add_argument("--after", metavar="TIME", help="only documents dated at or after this")
+    r.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    add_retriever_arguments(p)
+    p.set_defaults(run=run)
+
+
+def generation_config(args):
+    from ..generation import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop=tuple(args.stop), stop_at_eos=not args.ignore_eos, retrieval=not args.no_retrieval,
+        k=args.k, retrieve_every=args.retrieve_every, query_tokens=args.query_tokens, threshold=args.threshold,
+        mode=args.mode)
+
+
+def filters(args):
+    from ..retrieval.options import SearchOptions, time_bound
+
+    return SearchOptions(k=args.k if args.k > 0 else 1, before=time_bound(args.before, "--before"),
+                         after=time_bound(args.after, "--after"), domains=tuple(args.domain))
+
+
+def run(args) -> int:
+    from ..corpus.queries import read_queries
+    from ..datastore import Datastore
+    from ..generation import DoneEvent, RetrievalEvent, TokenEvent, event_dict, generate_stream
+    from ..lm import LMConfig, load_lm
+    from ..retrieval.retriever import Retriever
+
+    if (args.prompt is None) == (args.prompts is None):
+        raise ConfigError("give either a PROMPT or --prompts FILE")
+    config = generation_config(args)  # every flag checked before anything loads
+    opts, rconfig = filters(args), retriever_config(args)
+    prompts = [("1", args.prompt)] if args.prompt is not None else read_queries(args.prompts, None)
+    ds = Datastore.open(args.datastore)
+    retriever = None if args.no_retrieval else Retriever(ds, rconfig)
+    lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype))
+    if args.prompts:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        try:
+            for pid, prompt in prompts:
+                events = list(generate_stream(lm, retriever, prompt, config, search_options=opts))
+                done = events[-1]
+                out.write(json.dumps({"id": pid, "prompt": prompt, "text": done.text,
+                                      "finish_reason": done.finish_reason,
+                                      "retrievals": [event_dict(e) for e in events if isinstance(e, RetrievalEvent)],
+                                      "citations": list(done.citations), "timing": done.timing,
+                                      "counts": done.counts}, ensure_ascii=False) + "\n")
+                out.flush()
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        return 0
+    text: list[str] = []
+    done = None
+    try:
+        for event in generate_stream(lm, retriever, args.prompt, config, search_options=opts):
+            if args.json:
+                print(json.dumps(event_dict(event), ensure_ascii=False), flush=True)
+            elif isinstance(event, TokenEvent):
+                text.append(event.text)
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, DoneEvent):
+                done = event
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        print(f"relm generate: interrupted after {len(''.join(text))} characters; the text above is what was "
+              "generated", file=sys.stderr)
+        return 130
+    if done is not None and not args.json:
+        sys.stdout.write("\n")
+        _print_citations(ds, done)
+    return 0
+
+
+def _print_citations(ds, done) -> None:
+    t = done.timing
+    print(f"\n[{done.counts['new_tokens']} tokens, {done.finish_reason}; {done.counts['retrievals']} retrievals, "
+          f"{done.counts['changed_sets']} changed the passages; {t['total']:.1f} s: prefill {t['prefill']:.1f} s, "
+          f"decode {t['decode']:.1f} s, retrieval {t['retrieval']:.1f} s]", file=sys.stderr)
+    if not done.citations:
+        return
+    print("passages in context:")
+    for c in done.citations:
+        for pid, score in zip(c["passage_ids"], c["scores"], strict=True):
+            doc = ds.document(int(ds.doc_index[pid]))
+            title = f" {doc['title']}" if doc.get("title") else ""
+            snippet = " ".join(ds.passage(pid).split())[:100]
+            print(f"  tokens [{c['start']}, {c['end']}): passage {pid} ({score:.4f}) {doc['id']}{title}: {snippet}...")
