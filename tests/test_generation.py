@@ -274,3 +274,30 @@ def test_relm_generate_bad_flags_are_one_line(argv, message, tiny_lm_dir, hash_r
     assert main(["generate", str(hash_retriever.ds.root), "hello", "--lm", str(tiny_lm_dir), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# -- RETRO through the same loop -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fusion,temperature", [("retro", 0.0), ("relm", 0.0)])
+def test_retro_models_generate_through_the_same_stream(fusion, temperature):
+    from test_retro_model import M, V, make_retrieve, tiny_config, trained_like
+
+    from relm.retro.lm import RetroLM
+
+    class IdTokenizer:  # token ids written as words
+        eos_id = None
+
+        def encode(self, text):
+            ids = [int(w) for w in text.split()]
+            return ids, [(0, 0)] * len(ids)
+
+        def decode(self, ids):
+            return " ".join(str(i) for i in ids)
+
+    model = trained_like(tiny_config(fusion=fusion))
+    prompt = torch.randint(0, V, (1, 6), generator=torch.Generator().manual_seed(2))
+    ref = model.generate(prompt, 14, retrieve=make_retrieve(fusion, []))
+    lm = RetroLM(model, IdTokenizer(), make_retrieve(fusion, []))
+    done = run(lm, None, " ".join(map(str, prompt[0].tolist())), max_new_tokens=14, temperature=temperature)[-1]
+    assert list(done.token_ids) == ref[0, 6:].tolist()
+    assert lm.chunks_retrieved == (6 + 13) // M  # one retrieval per completed chunk, as RetroModel.generate

@@ -62,7 +62,12 @@ def test_retro_cli_end_to_end(setup, capsys, tiny_lm_dir):
     capsys.readouterr()
     assert main(["retro", "generate", str(tmp / "retro"), "whale ship captain sea harpoon",
                  "--datastore", root, "--max-new-tokens", "6"]) == 0
-    assert capsys.readouterr().out.strip()
+    retro_text = capsys.readouterr().out.strip()
+    assert retro_text
+    # `relm generate` with a RETRO run is the same path: the same greedy tokens
+    assert main(["generate", root, "whale ship captain sea harpoon", "--lm", str(tmp / "retro"),
+                 "--max-new-tokens", "6", "--ignore-eos"]) == 0
+    assert capsys.readouterr().out.strip().startswith(retro_text)
 
 
 def test_retro_cli_errors(setup, capsys, word_tokenizer_dir, tiny_lm_dir, tmp_path_factory):

@@ -22,7 +22,9 @@ def register(sub) -> None:
     p.add_argument("prompt", nargs="?", help="the text to continue")
     p.add_argument("--prompts", metavar="FILE", help="a batch: queries as `relm search --queries` reads them")
     p.add_argument("--output", "-o", metavar="FILE", help="--prompts: write JSONL here (default: stdout)")
-    p.add_argument("--lm", default="smollm2", help="'smollm2', a local HF model directory or a .gguf file")
+    p.add_argument("--lm", default="smollm2",
+                   help="'smollm2', a local HF model directory, a .gguf file, or a RETRO run directory (`relm "
+                   "retro train|retrofit`: it retrieves per chunk through its cross-attention instead)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     g = p.add_argument_group("generation")
@@ -73,6 +75,7 @@ def run(args) -> int:
     from ..generation import DoneEvent, RetrievalEvent, TokenEvent, event_dict, generate_stream
     from ..lm import LMConfig, load_lm
     from ..retrieval.retriever import Retriever
+    from ..retro.lm import is_retro_run, load_retro_lm
 
     if (args.prompt is None) == (args.prompts is None):
         raise ConfigError("give either a PROMPT or --prompts FILE")
@@ -81,7 +84,10 @@ def run(args) -> int:
     prompts = [("1", args.prompt)] if args.prompt is not None else read_queries(args.prompts, None)
     ds = Datastore.open(args.datastore)
     retriever = None if args.no_retrieval else Retriever(ds, rconfig)
-    lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype))
+    if is_retro_run(args.lm):  # RETRO retrieves inside the model, per chunk: nothing is prepended
+        lm, retriever = load_retro_lm(args.lm, ds, retriever), None
+    else:
+        lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype))
     if args.prompts:
         out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
         try:

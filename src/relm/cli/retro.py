@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -268,24 +269,18 @@ def run_eval(args) -> int:
 
 
 def run_generate(args) -> int:
-    import numpy as np
-    import torch
-
+    """`relm generate` with a RETRO run: the same streaming loop (relm.generate_stream), retrieval per chunk."""
+    from ..generation import GenerationConfig, TokenEvent, generate_stream
     from ..retrieval.retriever import Retriever
-    from ..retro.neighbours import generation_retriever, resolve_tokenizer
-    from ..retro.runs import load_run
+    from ..retro.lm import load_retro_lm
 
-    config = retriever_config(args)
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, seed=args.seed, stop_at_eos=False)
     ds = _open_token_datastore(args.datastore)
-    model, _ = load_run(args.run_dir)
-    tok = resolve_tokenizer(ds)
-    retrieve = None
-    if not args.no_retrieval:
-        retrieve = generation_retriever(Retriever(ds, config), tok, model.config.n_neighbours,
-                                        vectors=model.config.fusion == "relm")
-    ids, _ = tok.encode(args.prompt)
-    prompt = torch.from_numpy(np.asarray(ids, dtype=np.int64))[None]
-    out = model.generate(prompt, args.max_new_tokens, retrieve=retrieve, temperature=args.temperature,
-                         top_p=args.top_p, seed=args.seed)
-    print(tok.decode(out[0, prompt.shape[1]:].tolist()))
+    lm = load_retro_lm(args.run_dir, ds, None if args.no_retrieval else Retriever(ds, retriever_config(args)))
+    for event in generate_stream(lm, None, args.prompt, config):
+        if isinstance(event, TokenEvent):
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
     return 0
