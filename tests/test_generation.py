@@ -301,3 +301,47 @@ def test_retro_models_generate_through_the_same_stream(fusion, temperature):
     done = run(lm, None, " ".join(map(str, prompt[0].tolist())), max_new_tokens=14, temperature=temperature)[-1]
     assert list(done.token_ids) == ref[0, 6:].tolist()
     assert lm.chunks_retrieved == (6 + 13) // M  # one retrieval per completed chunk, as RetroModel.generate
+
+
+# -- adaptive retrieval -------------------------------------------------------------------------------------
+
+def test_adaptive_k_math():
+    from relm.generation.adaptive import AdaptiveK, k_from_nll, span_means, token_nll
+
+    assert [k_from_nll(x, (1.0, 2.0)) for x in (0.5, 1.5, 2.5)] == [0, 1, 2]
+    np.testing.assert_allclose(span_means(np.array([1.0, 2.0, 3.0, 4.0]), 2), [1.5, 2.5, 3.5])
+    logits = np.array([1.0, 2.0, 3.0])
+    assert token_nll(logits, 2) == pytest.approx(-np.log(np.exp(3) / np.exp(logits).sum()))
+    a = AdaptiveK((1.0, 2.0), span=3)
+    assert a.k_max == 2 and a.choose([]) == 2 and a.choose([5.0, 0.1, 0.1, 0.1]) == 0
+    assert a.choose([0.1, 5.0, 0.1, 0.1]) == 1  # the mean of the last span (3) tokens: 1.73
+    with pytest.raises(ConfigError, match="ascending"):
+        AdaptiveK((2.0, 1.0))
+
+
+def test_calibrated_thresholds_split_held_out_spans(tiny_lm, tmp_path):
+    from relm.generation.adaptive import AdaptiveK, calibrate
+
+    a = calibrate(tiny_lm, [make_text(i, 120) for i in range(4)], k_max=2, span=5, window=64, source="test")
+    assert a.k_max == 2 and a.thresholds[0] <= a.thresholds[1] and a.span == 5
+    a.save(tmp_path / "a.json")
+    assert AdaptiveK.load(tmp_path / "a.json") == a
+    with pytest.raises(ConfigError, match="calibrate-adaptive"):
+        AdaptiveK.load(tmp_path / "missing.json")
+
+
+def test_adaptive_generation_skips_when_confident(tiny_lm, hash_retriever):
+    from relm.generation.adaptive import AdaptiveK
+
+    prompt = make_text(7, 25)
+    kw = dict(max_new_tokens=21, k=2, retrieve_every=5, stop_at_eos=False)
+    never = run(tiny_lm, hash_retriever, prompt, adaptive=AdaptiveK((1e9, 1e9)), **kw)[-1]
+    once = run(tiny_lm, hash_retriever, prompt, **{**kw, "retrieve_every": 1000})[-1]
+    assert never.counts["retrievals"] == 1 and never.counts["skipped_retrievals"] == 4
+    assert never.token_ids == once.token_ids  # skipping keeps the first passages, as one retrieval would
+    always = run(tiny_lm, hash_retriever, prompt, adaptive=AdaptiveK((-1e9, -1e9)), **kw)
+    fixed = run(tiny_lm, hash_retriever, prompt, **kw)
+    assert always[-1].token_ids == fixed[-1].token_ids
+    assert [e.k for e in always if isinstance(e, RetrievalEvent)] == [None, 2, 2, 2, 2]
+    one = run(tiny_lm, hash_retriever, prompt, adaptive=AdaptiveK((-1e9, 1e9)), **kw)
+    assert all(len(e.passage_ids) == 1 for e in one if isinstance(e, RetrievalEvent) and e.position > 0)

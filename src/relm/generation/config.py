@@ -9,6 +9,7 @@ from typing import Any
 from ..config import check_float, check_int
 from ..errors import ConfigError
 from ..lm.sampling import check_sampling
+from .adaptive import AdaptiveK
 
 MODES = ("naive", "exact", "prefetch")
 
@@ -19,7 +20,9 @@ class GenerationConfig:
     `stop` strings (the text ends before the first one), `stop_at_eos`. Retrieval (when a retriever is
     given and `retrieval` is on): every `retrieve_every` new tokens, with the last `query_tokens` tokens as
     the query (the whole prompt for the first), `k` passages prepended best-last (MassiveDS / In-Context
-    RALM), hits below `threshold` dropped. Modes:
+    RALM), hits below `threshold` dropped. With `adaptive` (an `AdaptiveK` of calibrated thresholds), each
+    retrieval after the first takes k from the LM's mean NLL on the tokens since the last one (at most
+    `k`); k = 0 skips that retrieval and its re-prefill. Modes:
 
     - naive: the reference loop: at each retrieval rebuild the whole input and prefill it from scratch.
     - exact: the same tokens as naive, faster: an input is prefilled only from where it differs from a
@@ -44,6 +47,7 @@ class GenerationConfig:
     mode: str = "exact"
     prefix_cache: int = 4
     check_staleness: bool = False  # prefetch: also run the fresh query, to count how often the sets differ
+    adaptive: AdaptiveK | None = None  # choose k per retrieval from the recent tokens' NLL (at most k)
 
     def __post_init__(self):
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731  (normalising a frozen dataclass)
@@ -60,12 +64,18 @@ class GenerationConfig:
         if any(not isinstance(s, str) or not s for s in stop):
             raise ConfigError(f"stop strings must be non-empty strings, got {list(stop)!r}")
         set_("stop", stop)
+        if self.adaptive is not None and not isinstance(self.adaptive, AdaptiveK):
+            if not isinstance(self.adaptive, dict):
+                raise ConfigError(f"adaptive must be an AdaptiveK or its dict, got {self.adaptive!r}")
+            set_("adaptive", AdaptiveK(**{**self.adaptive, "thresholds": tuple(self.adaptive["thresholds"])}))
         if self.mode not in MODES:
             raise ConfigError(f"mode (--mode) {self.mode!r}: choose from {list(MODES)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["stop"] = list(self.stop)
+        if self.adaptive is not None:
+            d["adaptive"]["thresholds"] = list(self.adaptive.thresholds)
         return d
 
 
@@ -93,6 +103,8 @@ class RetrievalEvent:
     stale_tokens: int = 0
     changed: bool = True
     fresh_differs: bool | None = None  # check_staleness: the fresh query would have retrieved another set
+    k: int | None = None  # adaptive: the k chosen (0: skipped, the passages in context kept)
+    recent_nll: float | None = None  # adaptive: the mean NLL it was chosen from
     type: str = "retrieval"
 
 

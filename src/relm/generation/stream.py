@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..lm.base import LMState, common_prefix
 from ..lm.sampling import sample_next
+from .adaptive import token_nll
 from .config import DoneEvent, GenerationConfig, RetrievalEvent, TokenEvent
 from .text import TextStream
 
@@ -121,7 +122,9 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
     spans: list[dict[str, Any]] = []  # citations: passages and the new-token span they were in context for
     timing = {"retrieval": 0.0, "retrieval_wait": 0.0, "prefill": 0.0, "decode": 0.0, "first_token": 0.0}
     counts = {"retrievals": 0, "changed_sets": 0, "prefills": 0, "prefilled_tokens": 0, "reused_tokens": 0,
-              "stale_differs": 0}
+              "stale_differs": 0, "skipped_retrievals": 0}
+    adaptive = config.adaptive
+    nlls: list[float] = []  # adaptive: the NLL of each new token under the input it was sampled from
     state: LMState | None = None
     t_start = time.perf_counter()
     reason = "length"
@@ -148,10 +151,24 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
             if cancel is not None and cancel.is_set():
                 reason = "cancelled"
                 break
-            if retrieve is not None and t % config.retrieve_every == 0:
+            k_now = None
+            if retrieve is not None and t % config.retrieve_every == 0 and adaptive is not None and t > 0:
+                k_now = min(adaptive.choose(nlls[-config.retrieve_every:]), config.k)
+                if k_now == 0:  # confident: keep the passages in context, no retrieval, no re-prefill
+                    counts["skipped_retrievals"] += 1
+                    yield RetrievalEvent(t, "", passages, (), texts, 0, False, None, 0,
+                                         float(np.mean(nlls[-config.retrieve_every:])))
+                    if len(state) < limit:
+                        t0 = time.perf_counter()
+                        lm.step(state, [context[-1]])  # the boundary token was left unfed for a rebuild
+                        timing["decode"] += time.perf_counter() - t0
+                    k_now = -1
+            if retrieve is not None and t % config.retrieve_every == 0 and k_now != -1:
                 event = _next_retrieval(retrieve, config, t, context, query_for, pool, pending, timing)
                 found, pending = event
                 ids, scores, found_texts, query, stale, differs = found
+                if k_now is not None:
+                    ids, scores, found_texts = ids[:k_now], scores[:k_now], found_texts[:k_now]
                 changed = ids != passages
                 passages, texts = ids, found_texts
                 counts["retrievals"] += 1
@@ -159,7 +176,8 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
                 counts["stale_differs"] += int(bool(differs))
                 if changed or not spans:
                     spans.append({"passage_ids": list(ids), "scores": list(scores), "start": t, "end": t})
-                yield RetrievalEvent(t, query, ids, scores, texts, stale, changed, differs)
+                recent = float(np.mean(nlls[-config.retrieve_every:])) if k_now is not None else None
+                yield RetrievalEvent(t, query, ids, scores, texts, stale, changed, differs, k_now, recent)
                 state = rebuild()
             elif state is None:
                 state = rebuild()
@@ -167,6 +185,8 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
                 state = rebuild()
             token = sample_next(state.logits, rng, temperature=config.temperature, top_k=config.top_k,
                                 top_p=config.top_p)
+            if adaptive is not None:
+                nlls.append(token_nll(state.logits, token))
             if t == 0:
                 timing["first_token"] = time.perf_counter() - t_start
             if config.stop_at_eos and lm.eos_id is not None and token == lm.eos_id:
