@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from relm import BuildConfig, ChunkConfig, ConfigError, build_datastore
-from relm.config import ReaderConfig
 from relm.cli import main
+from relm.config import ReaderConfig
 from relm.datastore.store import Datastore
 from relm.eval import retrieval as R
 from relm.retrieval.bm25 import build_bm25_index
