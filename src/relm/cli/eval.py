@@ -72,7 +72,23 @@ def check_args(args, variants):
     check_int(args.min_words, "--min-words", minimum=0)
     config = retriever_config(args)
     check_variants(variants, config)
+    check_hybrid_depth(variants, config)
     return config
+
+
+def check_hybrid_depth(variants, config) -> None:
+    """A hybrid variant searches CANDIDATE_SLACK x its k passages, which must fit in the hybrid's candidates
+    (it fuses each run's top candidates for every k; see `retriever.check_hybrid_k`): refused before any scoring."""
+    from ..errors import ConfigError
+    from ..eval.evaluate import CANDIDATE_SLACK
+
+    for v in variants:
+        if (v.retriever or config.kind) == "hybrid":
+            want = max(v.k, v.rerank) * CANDIDATE_SLACK
+            if want > config.candidates:
+                raise ConfigError(f"variant {v.name!r} searches {CANDIDATE_SLACK} x {max(v.k, v.rerank)} = {want} "
+                                  f"hybrid candidates, more than --candidates {config.candidates}; pass --candidates "
+                                  f"{want} or more")
 
 
 def make_evaluator(args, variants=None):

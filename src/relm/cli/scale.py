@@ -68,6 +68,10 @@ def run(args) -> int:
     if args.candidates < args.k:
         raise ConfigError(f"--candidates K = {args.candidates} < -k = {args.k}; K must be at least k")
     variants = variants_from(args)
+    if "hybrid" in (variants[0].retriever if variants else None, args.retriever) and \
+            args.fusion_candidates < args.candidates:
+        # scale retrieves K candidates once and subsamples them: a hybrid fuses to that depth, as it always did
+        args.fusion_candidates = args.candidates
     if len(variants) != 1 or variants[0].protocol != "massiveds" or variants[0].adaptive or variants[0].rerank:
         raise ConfigError("relm scale takes one of --variants massiveds, last-q or hybrid")
     check_args(args, variants)

@@ -31,7 +31,13 @@ def register(sub) -> None:
                    help="JSONL queries: the id field (default: 'id', or BEIR's '_id' when the file uses it)")
     p.add_argument("--output", "-o", metavar="FILE", help="write results here instead of stdout")
     p.add_argument("--format", choices=["jsonl", "trec"], default="jsonl",
-                   help="batch output: one JSON line per query, or a TREC run (qid Q0 passage_id rank score run)")
+                   help="one JSON line per query (hits with text and metadata), or a TREC run (qid Q0 id rank score "
+                   "run; ids and scores only, no text is read)")
+    p.add_argument("--level", choices=["passage", "doc"], default="passage",
+                   help="TREC run of passage numbers, or of the datastore's document ids (passage hits aggregated "
+                   "by --doc-agg; -k counts passages), what qrels judge")
+    p.add_argument("--doc-agg", default="max", choices=["max", "first", "sum"],
+                   help="--level doc: a document's score from its passages' (max: MaxP, first, sum)")
     p.add_argument("--run-name", default="relm", help="TREC run tag")
     p.add_argument("--json", action="store_true", help="single query: print JSON")
     add_retriever_arguments(p)
@@ -41,7 +47,11 @@ def register(sub) -> None:
                    "(negative before 1970: --before -86400, or --before=-1e9 with an exponent)")
     f.add_argument("--after", metavar="TIME", help="only documents dated at or after this (same formats)")
     f.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
-    f.add_argument("--threshold", type=float, help="drop hits scoring below this (a finite number)")
+    f.add_argument("--threshold", type=float,
+                   help="drop hits scoring below this, on the retriever's raw scale: exact/ann/sharded and hybrid "
+                   "hierarchical: cosine in [-1, 1] (normalized embeddings, the default); bm25: > 0, unbounded; "
+                   "hybrid rrf: sum of 1/(rrf_k + rank) over 2 runs, at most 2/61 = 0.0328; hybrid interpolate: "
+                   "in [0, 1]")
     f.add_argument("--adaptive-k", type=float, metavar="GAP",
                    help="cut each list at its largest score drop when that drop exceeds GAP (>= 0)")
     f.add_argument("--adaptive-ratio", type=float, metavar="R",
@@ -118,11 +128,15 @@ def check_args(args):
     """Every flag checked before the datastore is opened: (RetrieverConfig, SearchOptions)."""
     if (args.query is None) == (args.queries is None):
         raise ConfigError("give either a QUERY or --queries FILE")
+    if args.level == "doc" and args.format != "trec":
+        raise ConfigError("--level doc writes a document-level TREC run; add --format trec")
     opts = search_options(args)
     return retriever_config(args), opts
 
 
 def run(args) -> int:
+    import numpy as np
+
     from ..datastore import Datastore
     from ..retrieval.retriever import Retriever
 
@@ -130,18 +144,24 @@ def run(args) -> int:
     ds = Datastore.open(args.datastore)
     queries = [("1", args.query)] if args.query is not None else read_queries(args.queries, args.query_id_field)
     retriever = Retriever(ds, config)
-    results = retriever.search([q for _, q in queries], opts)
+    texts = [q for _, q in queries]
+    if args.format == "trec":  # ids and scores only: no passage text or document record is read per hit
+        scores, ids = retriever.search_ids(texts, opts)
+        n_hits = [int(np.count_nonzero(row != -1)) for row in ids]
+    else:
+        results = retriever.search(texts, opts)
+        n_hits = [len(hits) for hits in results]
     if retriever.cache is not None:
         st = retriever.cache.stats
         print(f"cache: {st.hits} hits, {st.misses} misses (hit rate {st.hit_rate:.1%})", file=sys.stderr)
+    _say_if_empty(n_hits)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        if args.query is not None and not args.json and not args.output:
+        if args.format == "trec":
+            out.writelines(trec_run(ds, [q for q, _ in queries], scores, ids, args.level, args.doc_agg,
+                                    args.run_name))
+        elif args.query is not None and not args.json and not args.output:
             _print_hits(results[0], out)
-        elif args.format == "trec":
-            for (qid, _), hits in zip(queries, results, strict=True):
-                for rank, h in enumerate(hits, 1):
-                    out.write(f"{qid} Q0 {h.passage_id} {rank} {h.score:.6f} {args.run_name}\n")
         else:
             replaced = 0
             for (qid, q), hits in zip(queries, results, strict=True):
@@ -155,6 +175,28 @@ def run(args) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def trec_run(ds, qids: list[str], scores, ids, level: str = "passage", agg: str = "max", name: str = "relm"):
+    """TREC run lines of passage results (nq, k): passage numbers, or (`level="doc"`) the datastore's document
+    ids with passage hits aggregated as `relm eval-retrieval` does (`eval.retrieval.doc_run`)."""
+    from ..eval.retrieval import doc_run, trec_lines
+
+    if level == "doc":
+        yield from trec_lines(doc_run(ds, qids, scores, ids, agg), name)
+        return
+    for qid, s_row, i_row in zip(qids, scores.tolist(), ids.tolist(), strict=True):
+        for rank, (s, i) in enumerate(((s, i) for s, i in zip(s_row, i_row, strict=True) if i != -1), 1):
+            yield f"{qid} Q0 {i} {rank} {s:.6f} {name}\n"
+
+
+def _say_if_empty(n_hits: list[int]) -> None:
+    """An empty answer says so on stderr (the reason, when relm knows one, was logged before it)."""
+    empty = sum(n == 0 for n in n_hits)
+    if empty and len(n_hits) == 1:
+        print("relm search: no hits", file=sys.stderr)
+    elif empty:
+        print(f"relm search: {empty} of {len(n_hits)} queries have no hits", file=sys.stderr)
 
 
 def strict_json(value):

@@ -220,12 +220,24 @@ class Datastore:
         if domains:
             unknown = sorted(set(domains) - set(self.domains))
             if unknown:
-                raise ConfigError(f"unknown domain(s) {unknown}; this datastore has {self.domains}")
+                raise ConfigError(f"unknown domain(s) {unknown}; this datastore has {self.domains}"
+                                  f"{self._domain_hint()}")
             codes = [self.domains.index(d) for d in domains]
             docs &= np.isin(self.doc_domain, codes)
         if len(self.deleted_documents):
             docs[self.deleted_documents] = False
         return docs[self.doc_index]
+
+    def _domain_hint(self) -> str:
+        """Why the domains may not be what a filter expects: every one is an input file's default label, so
+        no document had the domain field (the usual cause of an unknown domain)."""
+        reader = self.manifest.get("build", {}).get("plan", {}).get("config", {}).get("reader", {})
+        labels = {i.get("domain") for i in self.manifest.get("inputs", [])}
+        if reader.get("domains") or not set(self.domains) <= labels:
+            return ""
+        field = reader.get("domain_field", "domain")
+        return (f" (its input files' default labels: the documents seem to have no {field!r} field; rebuild with "
+                "--domain-field FIELD naming the documents' domain field, or --domain D per input)")
 
     # -- passages, documents, tokens ------------------------------------------------------------
     def _check_ids(self, ids: np.ndarray) -> None:

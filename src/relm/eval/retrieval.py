@@ -125,11 +125,16 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 10
     return {"mean_diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "p": float(p), "n": len(d)}
 
 
+def trec_lines(run: DocRun, name: str):
+    """The TREC run lines (`qid Q0 docid rank score name`) of a document run, each query's best first."""
+    for qid, docs in run.items():
+        for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
+            yield f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n"
+
+
 def write_trec(path: Path, run: DocRun, name: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for qid, docs in run.items():
-            for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda x: -x[1]), 1):
-                f.write(f"{qid} Q0 {doc} {rank} {score:.6f} {name}\n")
+        f.writelines(trec_lines(run, name))
 
 
 def table(results: dict[str, dict[str, float]], metrics, comparisons: dict[str, Any]) -> str:

@@ -206,6 +206,14 @@ def search_options(opts: SearchOptions | int | None = None, **kw) -> SearchOptio
 
 
 @dataclass(frozen=True)
+class ScoreScale:
+    """What a retriever's scores are, and the highest it can give (None: unbounded)."""
+
+    text: str
+    maximum: float | None
+
+
+@dataclass(frozen=True)
 class RetrieverConfig:
     """How to search. `kind`: exact (the datastore's vectors), ann (a faiss index), bm25, hybrid (BM25 +
     dense: exact, or the ANN `index` when given) or sharded. `index` names the ANN or sharded index,
@@ -251,6 +259,24 @@ class RetrieverConfig:
         if self.kind in ("exact", "bm25") and self.index:
             raise ConfigError(f"--retriever {self.kind} takes no --index {self.index!r}; pass --retriever ann or "
                               "sharded to search it")
+
+    def score_scale(self, normalized: bool = True) -> ScoreScale:
+        """The scale of this retriever's raw scores, which `SearchOptions.threshold` is on (`normalized`: the
+        datastore's embeddings are unit length, the default, so inner products are cosines)."""
+        dense = (ScoreScale("cosine similarity (inner product of unit vectors), in [-1, 1]", 1.0) if normalized
+                 else ScoreScale("inner product of unnormalized vectors, unbounded", None))
+        if self.kind in ("exact", "ann", "sharded"):
+            return dense
+        if self.kind == "bm25":
+            return ScoreScale("BM25, > 0 and unbounded (it grows with the matched query terms)", None)
+        if self.fusion == "rrf":
+            top = 2 / (self.rrf_k + 1)
+            return ScoreScale(f"reciprocal rank fusion, the sum over dense and BM25 of 1 / ({self.rrf_k} + rank): "
+                              f"in (0, 2/{self.rrf_k + 1} = {top:.4f}]", top)
+        if self.fusion == "interpolate":
+            return ScoreScale(f"{self.alpha} x min-max(dense) + {1 - self.alpha:g} x min-max(BM25), normalized per "
+                              "query: in [0, 1]", 1.0)
+        return replace(dense, text=f"{dense.text} (dense re-score of BM25's candidates)")
 
     @property
     def takes_vectors(self) -> bool:

@@ -1,7 +1,7 @@
 """The one way relm searches: a `Retriever` over a datastore, configured by a `RetrieverConfig`.
 
     r = Retriever(ds, RetrieverConfig("hybrid", index="pq", bm25_index="bm25", cache_bytes=64 << 20))
-    hits = r.search(["query one", "query two"], SearchOptions(k=10, before="2020-01-01", threshold=0.3))
+    hits = r.search(["query one", "query two"], SearchOptions(k=10, before="2020-01-01", threshold=0.02))
     scores, ids = r.search_ids(texts, SearchOptions(k=10))          # (nq, k) runs, best first
     scores, ids = r.search_vectors(query_vectors, SearchOptions(k=10))   # exact, ann and sharded
     r.refresh()                                                      # follow the datastore's updates
@@ -10,6 +10,13 @@ Both entry points go through one path: the filter mask of the options (tombstone
 domains, a subsample), cached per filter and revision; the result cache, keyed by the exact query, the
 options and the revision; then the score threshold and adaptive k. What differs per kind is a backend
 with `search_vectors(vectors, k, allowed)` and/or `search_texts(texts, k, allowed)`.
+
+The threshold is on the retriever's raw score scale (`RetrieverConfig.score_scale`: cosine in [-1, 1],
+BM25 unbounded, RRF at most 2 / (rrf_k + 1), about 0.033). Nothing is lost silently: a warning (once per
+retriever) says when filters exclude every passage or a filter's field is missing, when a threshold is
+above the retriever's highest score or empties a list, and when fewer than k hits come back although k
+passages pass the filters (BM25 matches only passages sharing a query term). A hybrid fuses the top
+`candidates` of each run for every k, so its top k is the first k of one list; k > candidates is refused.
 
 A Retriever holds one revision of its datastore (a snapshot: datastore, opened indexes, masks) and answers
 from it until `refresh()`, which reopens the datastore and its indexes when a writer committed since.
@@ -122,7 +129,8 @@ class _Hybrid:
 
     def search_texts(self, texts, k, allowed):
         c = self.config
-        n = max(c.candidates, k)
+        check_hybrid_k(k, c)
+        n = c.candidates  # never k: the fused list is one function of the candidates, -k takes its prefix
         sparse = self.sparse.search_texts(texts, n, allowed)
         vectors = self.ds.encode_queries(texts, c.batch_size)
         if c.fusion == "hierarchical":
@@ -136,6 +144,41 @@ class _Hybrid:
 BACKENDS = {"exact": _Exact, "ann": _Ann, "sharded": _Sharded, "bm25": _BM25, "hybrid": _Hybrid}
 
 
+def check_hybrid_k(k: int, config: RetrieverConfig) -> None:
+    """A hybrid fuses the top `candidates` of each run whatever k is, so its top k is the first k of one
+    fused list and agrees across k; a k beyond the candidates is refused rather than silently deepening the
+    runs (which reorders the top)."""
+    if config.kind == "hybrid" and k > config.candidates:
+        raise ConfigError(f"k = {k} exceeds the hybrid's candidates = {config.candidates} (--candidates): it fuses "
+                          f"the top {config.candidates} of each run; pass --candidates {k} or more")
+
+
+_SHORT_REASON = {  # why a retriever can return fewer than k hits when k passages pass the filters
+    "bm25": "BM25 returns only passages that share a term with the query",
+    "hybrid hierarchical": "hierarchical re-scores only BM25's hits, passages that share a term with the query",
+    "hybrid rrf": "the dense run came back short",
+    "hybrid interpolate": "the dense run came back short",
+    "ann": "the approximate search found fewer (raise --nprobe / --ef-search, or search exactly)",
+    "sharded": "only the probed shards were searched (raise --probe-shards)",
+}
+
+
+NO_DATES = ("no document has a timestamp, the field --before/--after filter on (rebuild with --timestamp-field "
+            "FIELD naming the documents' date field, default 'timestamp': epoch seconds or ISO 8601)")
+
+
+def _say_what_dates_drop(ds, opts: SearchOptions) -> None:
+    """Warn when a time bound excludes undated documents (they can match no bound) while some are dated."""
+    if opts.before is None and opts.after is None:
+        return
+    from ..corpus.documents import NO_TIMESTAMP
+
+    undated = int(np.count_nonzero(np.asarray(ds.doc_timestamp) == NO_TIMESTAMP))
+    if 0 < undated < ds.n_documents:
+        log.warning("%s: --before/--after exclude the %s of %s documents that have no timestamp", ds.root,
+                    f"{undated:,}", f"{ds.n_documents:,}")
+
+
 def _say_why_empty(ds, opts: SearchOptions, mask: np.ndarray) -> None:
     """Warn (once per filter and revision: masks are cached) when the filters leave nothing to return,
     naming the filter, instead of answering every query with nothing and no reason."""
@@ -146,7 +189,7 @@ def _say_why_empty(ds, opts: SearchOptions, mask: np.ndarray) -> None:
     why = []
     if opts.before is not None or opts.after is not None:
         dated = int(np.count_nonzero(np.asarray(ds.doc_timestamp) != NO_TIMESTAMP))
-        why.append("no document has a timestamp" if dated == 0 else
+        why.append(NO_DATES if dated == 0 else
                    f"no live document has a timestamp in the --before/--after range ({dated:,} dated documents)")
     if opts.domains:
         why.append(f"domains {list(opts.domains)}")
@@ -165,6 +208,7 @@ class _Snapshot:
         self.ds = ds
         self.backend = BACKENDS[config.kind](ds, config)
         self._masks: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
+        self._counts: dict[tuple, int] = {}
         self._lock = threading.Lock()
 
     def mask(self, opts: SearchOptions) -> np.ndarray | None:
@@ -182,12 +226,27 @@ class _Snapshot:
             mask = kept if mask is None else mask & kept
         if mask is not None:
             _say_why_empty(self.ds, opts, mask)
+            _say_what_dates_drop(self.ds, opts)
             mask.flags.writeable = False  # shared by every search with these filters
         with self._lock:
             self._masks[key] = mask
             while len(self._masks) > MASK_CACHE:
                 self._masks.popitem(last=False)
         return mask
+
+    def allowed_count(self, opts: SearchOptions) -> int:
+        """How many passages a search with these options may return (counted once per filter and revision)."""
+        key = opts.filters
+        with self._lock:
+            if key in self._counts:
+                return self._counts[key]
+        mask = self.mask(opts)
+        n = len(self.ds) if mask is None else int(np.count_nonzero(mask))
+        with self._lock:
+            self._counts[key] = n
+            while len(self._counts) > MASK_CACHE:
+                self._counts.pop(next(iter(self._counts)))
+        return n
 
 
 # -- the Retriever --------------------------------------------------------------------------------------
@@ -202,6 +261,7 @@ class Retriever:
             raise ConfigError(f"config must be a RetrieverConfig, got {type(config).__name__}")
         self.config = config
         self.cache = ResultCache(config.cache_bytes) if config.cache_bytes > 0 else None
+        self._warned: set[Hashable] = set()
         self._refresh_lock = threading.Lock()
         self._state = _Snapshot(ds, config)
 
@@ -263,14 +323,18 @@ class Retriever:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if vectors.ndim != 2 or vectors.shape[1] != state.ds.dim:
             raise ConfigError(f"query vectors have shape {vectors.shape}, the datastore needs (nq, {state.ds.dim})")
+        self._check_threshold(state, opts)
         keys = [row.tobytes() for row in vectors] if self.cache is not None else None
         run = self._cached(state, keys, len(vectors), opts, lambda rows: state.backend.search_vectors(
             vectors if rows is None else vectors[rows], opts.k, state.mask(opts)))
-        return self._cut(run, opts)
+        self._say_if_short(state, run, opts)
+        return self._cut(state, run, opts)
 
     # -- the shared path -----------------------------------------------------------------------------
     def _texts(self, state: _Snapshot, texts, opts: SearchOptions) -> Run:
         texts = check_queries(texts)
+        check_hybrid_k(opts.k, self.config)
+        self._check_threshold(state, opts)
         unique = list(dict.fromkeys(texts))  # each distinct text is embedded and searched once
         s, i = self._cached(state, unique if self.cache is not None else None, len(unique), opts,
                             lambda rows: state.backend.search_texts(
@@ -281,7 +345,8 @@ class Retriever:
             where = {t: n for n, t in enumerate(unique)}
             rows = np.array([where[t] for t in texts], dtype=np.int64)
             s, i = s[rows], i[rows]
-        return self._cut((s, i), opts)
+        self._say_if_short(state, (s, i), opts)
+        return self._cut(state, (s, i), opts)
 
     def _cached(self, state: _Snapshot, keys: list[Hashable] | None, n: int, opts: SearchOptions,
                 compute: Callable[[np.ndarray | None], Run]) -> Run:
@@ -306,10 +371,54 @@ class Retriever:
                 self.cache.put(full[row], s[j], i[j])
         return scores, ids
 
-    @staticmethod
-    def _cut(run: Run, opts: SearchOptions) -> Run:
+    # -- saying why a list is short or empty -------------------------------------------------------------
+    def _warn_once(self, key: Hashable, message: str, *args) -> None:
+        """A warning the first time this retriever sees `key`, a debug line after: a caller that searches
+        thousands of times (eval, RETRO neighbours) is told once."""
+        if key in self._warned:
+            log.debug(message, *args)
+        else:
+            self._warned.add(key)
+            log.warning(message, *args)
+
+    def _scale(self, state: _Snapshot):
+        return self.config.score_scale(normalized=bool(state.ds.manifest["encoder"].get("normalize", True)))
+
+    def _check_threshold(self, state: _Snapshot, opts: SearchOptions) -> None:
+        """Warn when the threshold is above any score this retriever can give (e.g. 0.3 on RRF's ~0.03)."""
+        if opts.threshold is None:
+            return
+        scale = self._scale(state)
+        if scale.maximum is not None and opts.threshold > scale.maximum * (1 + 1e-3) + 1e-6:
+            self._warn_once(("threshold", opts.threshold), "threshold %g is above the highest score a %s retriever "
+                            "gives (%.4g): every hit is dropped; its scores are %s", opts.threshold, self._name(),
+                            scale.maximum, scale.text)
+
+    def _name(self) -> str:
+        return f"hybrid {self.config.fusion}" if self.kind == "hybrid" else self.kind
+
+    def _say_if_short(self, state: _Snapshot, run: Run, opts: SearchOptions) -> None:
+        """Warn when queries got fewer than k hits although at least k passages pass the filters (BM25 when few
+        passages share a query term; ANN, sharded), rather than returning short lists silently."""
+        want = min(opts.k, state.allowed_count(opts))
+        have = np.count_nonzero(run[1] != -1, axis=1)
+        short = have < want
+        if short.any():
+            reason = _SHORT_REASON.get(self._name(), "")
+            self._warn_once("short", "%s: %d of %d queries got fewer than k = %d hits (fewest %d), though %s passages "
+                            "pass the filters%s", self._name(), int(short.sum()), len(short), opts.k, int(have.min()),
+                            f"{state.allowed_count(opts):,}", f": {reason}" if reason else "")
+
+    def _cut(self, state: _Snapshot, run: Run, opts: SearchOptions) -> Run:
         if opts.threshold is not None:
+            best = run[0][:, 0]
             run = threshold(run, opts.threshold)
+            emptied = np.isfinite(best) & (run[1][:, 0] == -1)
+            if emptied.any():
+                self._warn_once(("threshold-empty", opts.threshold), "threshold %g dropped every hit of %d of %d "
+                                "queries (their best score: %.4g); %s scores are %s", opts.threshold,
+                                int(emptied.sum()), len(emptied), float(best[emptied].max()), self._name(),
+                                self._scale(state).text)
         if opts.adaptive is not None:
             a = opts.adaptive
             run = adaptive_k(run, max_drop=a.max_drop, max_ratio=a.max_ratio, min_k=a.min_k)
