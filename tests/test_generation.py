@@ -345,3 +345,25 @@ def test_adaptive_generation_skips_when_confident(tiny_lm, hash_retriever):
     assert [e.k for e in always if isinstance(e, RetrievalEvent)] == [None, 2, 2, 2, 2]
     one = run(tiny_lm, hash_retriever, prompt, adaptive=AdaptiveK((-1e9, 1e9)), **kw)
     assert all(len(e.passage_ids) == 1 for e in one if isinstance(e, RetrievalEvent) and e.position > 0)
+
+
+def test_relm_generate_adaptive_k_from_calibrated_thresholds(tiny_lm_dir, hash_retriever, capsys, tmp_path):
+    import json
+
+    from relm.cli import main
+
+    ds = str(hash_retriever.ds.root)
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"text": make_text(i, 150)}) + "\n" for i in range(3)))
+    main(["-q", "index", ds, "--name", "bm", "--bm25"])
+    assert main(["generate", ds, "--calibrate-adaptive", str(held), "-o", str(tmp_path / "a.json"),
+                 "--lm", str(tiny_lm_dir), "-k", "2", "--retrieve-every", "4"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["generate", ds, make_text(3, 12), "--lm", str(tiny_lm_dir), "--retriever", "bm25", "--index",
+                 "bm", "--max-new-tokens", "16", "--retrieve-every", "4", "--ignore-eos", "--json",
+                 "--adaptive-k", str(tmp_path / "a.json")]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ks = [e["k"] for e in events if e["type"] == "retrieval"]
+    assert ks[0] is None and all(k in (0, 1, 2) for k in ks[1:]) and len(ks) == 4
+    assert main(["generate", ds, "x", "--lm", str(tiny_lm_dir), "--adaptive-k", str(tmp_path / "no.json")]) == 2
+    assert "calibrate-adaptive" in capsys.readouterr().err

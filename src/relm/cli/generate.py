@@ -43,6 +43,12 @@ def register(sub) -> None:
                    help="exact: the naive loop's tokens, prefix KV reused; prefetch: retrieval overlapped "
                    "with decoding (queries stale by up to --retrieve-every tokens); naive: re-prefill all")
     r.add_argument("--no-retrieval", action="store_true", help="plain generation (the baseline)")
+    r.add_argument("--adaptive-k", metavar="FILE",
+                   help="choose k (0..-k) per retrieval from the LM's NLL on the recent tokens, with the "
+                   "thresholds in FILE (k=0 skips the retrieval); make FILE with --calibrate-adaptive")
+    r.add_argument("--calibrate-adaptive", nargs="+", metavar="HELD_OUT",
+                   help="write adaptive-k thresholds (quantiles of the LM's NLL over spans of --retrieve-every "
+                   "tokens of these held-out files) to -o FILE, for up to -k passages; no prompt needed")
     r.add_argument("--threshold", type=float, help="drop passages scoring below this (the retriever's scale)")
     r.add_argument("--before", metavar="TIME", help="only documents dated before this")
     r.add_argument("--after", metavar="TIME", help="only documents dated at or after this")
@@ -52,14 +58,14 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def generation_config(args):
+def generation_config(args, adaptive=None):
     from ..generation import GenerationConfig
 
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, stop=tuple(args.stop), stop_at_eos=not args.ignore_eos, retrieval=not args.no_retrieval,
         k=args.k, retrieve_every=args.retrieve_every, query_tokens=args.query_tokens, threshold=args.threshold,
-        mode=args.mode)
+        mode=args.mode, adaptive=adaptive)
 
 
 def filters(args):
@@ -77,9 +83,14 @@ def run(args) -> int:
     from ..retrieval.retriever import Retriever
     from ..retro.lm import is_retro_run, load_retro_lm
 
+    from ..generation.adaptive import AdaptiveK
+
+    if args.calibrate_adaptive:
+        return calibrate_adaptive(args)
     if (args.prompt is None) == (args.prompts is None):
         raise ConfigError("give either a PROMPT or --prompts FILE")
-    config = generation_config(args)  # every flag checked before anything loads
+    adaptive = AdaptiveK.load(args.adaptive_k) if args.adaptive_k else None
+    config = generation_config(args, adaptive)  # every flag checked before anything loads
     opts, rconfig = filters(args), retriever_config(args)
     prompts = [("1", args.prompt)] if args.prompt is not None else read_queries(args.prompts, None)
     ds = Datastore.open(args.datastore)
@@ -124,6 +135,23 @@ def run(args) -> int:
     if done is not None and not args.json:
         sys.stdout.write("\n")
         _print_citations(ds, done)
+    return 0
+
+
+def calibrate_adaptive(args) -> int:
+    from ..eval.windows import read_eval_sets
+    from ..generation.adaptive import calibrate
+    from ..lm import LMConfig, load_lm
+
+    if not args.output:
+        raise ConfigError("--calibrate-adaptive writes the thresholds to -o FILE; give -o")
+    generation_config(args)  # the flags checked
+    texts = [d.text for _, docs in read_eval_sets(args.calibrate_adaptive) for d in docs]
+    lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype))
+    a = calibrate(lm, texts, k_max=args.k, span=args.retrieve_every, source=" ".join(args.calibrate_adaptive))
+    a.save(args.output)
+    print(f"adaptive k thresholds (mean NLL, nats, over {a.span}-token spans): "
+          + ", ".join(f"k>={i + 1} above {t:.3f}" for i, t in enumerate(a.thresholds)) + f"; wrote {args.output}")
     return 0
 
 
