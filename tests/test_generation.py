@@ -367,3 +367,23 @@ def test_relm_generate_adaptive_k_from_calibrated_thresholds(tiny_lm_dir, hash_r
     assert ks[0] is None and all(k in (0, 1, 2) for k in ks[1:]) and len(ks) == 4
     assert main(["generate", ds, "x", "--lm", str(tiny_lm_dir), "--adaptive-k", str(tmp_path / "no.json")]) == 2
     assert "calibrate-adaptive" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_what_was_generated_and_exits_cleanly(tiny_lm_dir, hash_retriever):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from relm.cli import main
+
+    ds = str(hash_retriever.ds.root)
+    main(["-q", "index", ds, "--name", "bm", "--bm25"])
+    proc = subprocess.Popen([sys.executable, "-m", "relm", "generate", ds, make_text(3, 12), "--lm", str(tiny_lm_dir),
+                             "--retriever", "bm25", "--index", "bm", "--max-new-tokens", "1000000", "--ignore-eos"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    first = proc.stdout.read(1)  # the stream has started
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert first and proc.returncode == 130
+    assert b"interrupted after" in err and b"Traceback" not in err
