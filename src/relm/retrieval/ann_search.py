@@ -1,9 +1,21 @@
-"""The pure pieces of `AnnIndex.search`: faiss SearchParameters, the `allowed` selector, and exact
-re-scoring of candidates with the datastore's float16 vectors (refine)."""
+"""The pure pieces of `AnnIndex.search`: faiss SearchParameters, the `allowed` selector, the plan of a
+filtered search (widened knobs or exact over the allowed set), and exact re-scoring of candidates with
+the datastore's float16 vectors (refine).
+
+Filtered search. A faiss selector drops disallowed passages from the results but not from the work: HNSW
+still walks about efSearch nodes and IVF scans nprobe lists, of which only a fraction p = allowed / n
+are allowed, so a selective filter returns fewer than k hits (an HNSW with efSearch 64 and p = 5%
+finds ~3 allowed passages where 10 were asked for). `filter_plan` keeps the expected number of allowed
+candidates what an unfiltered search sees, efSearch / p and nprobe / p, and below EXACT_FRACTION
+searches the allowed set exactly instead (cheaper there, and complete). Rows that still come back
+short of min(k, allowed) are searched exactly (`short_rows`), so no filter loses hits silently.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -65,6 +77,46 @@ def search_parameters(structure: dict[str, Any], nprobe: int | None, ef_search: 
     if structure["pretransform"]:
         params = faiss.SearchParametersPreTransform(index_params=params)
     return params
+
+
+# -- filtered search --------------------------------------------------------------------------------
+
+# At or below this allowed fraction a filtered search scans the allowed passages exactly instead of
+# widening the ANN search: measured on 100k clustered vectors (benchmarks/filter_cutoff.py, docs/results.md).
+EXACT_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    """How to search under a filter allowing `allowed` of `ntotal` passages: exactly over the allowed
+    set, or with the ANN knobs widened by ntotal / allowed."""
+
+    exact: bool
+    nprobe: int | None
+    ef_search: int
+    allowed: int
+
+
+def filter_plan(structure: dict[str, Any], nprobe: int | None, ef_search: int, k: int, allowed: int,
+                ntotal: int, exact_fraction: float = EXACT_FRACTION) -> FilterPlan:
+    """The plan of a filtered search (module docstring): p = allowed / ntotal;
+    p ≤ exact_fraction: exact over the allowed set; an IVF: nprobe' = min(ceil(nprobe / p), nlist) (an
+    HNSW quantizer's efSearch is raised to nprobe' by `search_parameters`); an HNSW:
+    efSearch' = ceil(max(efSearch, k) / p) (faiss raises efSearch to k anyway); anything else (Flat)
+    already searches every allowed vector. p = 1 changes nothing."""
+    p = allowed / max(ntotal, 1)
+    if allowed == 0 or p <= exact_fraction:
+        return FilterPlan(True, nprobe, ef_search, allowed)
+    if p < 1 and structure["ivf"] and nprobe is not None:
+        nprobe = min(math.ceil(nprobe / p), int(structure["nlist"]))
+    elif p < 1 and structure["hnsw"]:
+        ef_search = min(math.ceil(max(ef_search, k) / p), max(ntotal, 1))
+    return FilterPlan(False, nprobe, ef_search, allowed)
+
+
+def short_rows(ids: np.ndarray, need: int) -> np.ndarray:
+    """Indices of the rows of an (nq, k) id run holding fewer than `need` hits (ids ≥ 0)."""
+    return np.nonzero((ids >= 0).sum(axis=1) < need)[0]
 
 
 # -- exact re-scoring -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from .ann import INDEX_FILE, KIND, AnnIndex
 from .exact import exact_search
 from .indexes import check_k, index_dir, index_transaction, is_staged, stage_copy, write_index_config
@@ -30,11 +31,27 @@ log = logging.getLogger(__name__)
 EF_GRID = (16, 32, 64, 128, 256, 512)
 REFINE_GRID = (0, 2, 4, 8)
 PLATEAU = 0.002  # stop raising a knob once recall gains less than this per doubling
+QUERY_WORDS = 256  # held-out documents are cut into passages of the build's default size to serve as queries
 
 Knobs = dict[str, int]
 
 
 # -- pure pieces ------------------------------------------------------------------------------------
+
+
+def query_texts(path: str, n_queries: int, seed: int, *, max_words: int = QUERY_WORDS) -> list[str]:
+    """A seeded sample of n_queries texts from a query file (what `relm search --queries` reads), each
+    text cut into passages of at most `max_words` words (`chunk_words`, as a build cuts documents), so a
+    file of held-out documents yields held-out passages and a file of short queries its queries."""
+    from ..corpus.chunking import chunk_words
+    from ..corpus.queries import read_queries
+
+    texts = [text[a:b] for _, text in read_queries(path) for a, b, _ in chunk_words(text, max_words)]
+    if not texts:
+        raise ConfigError(f"--queries {path}: no query text in it")
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(len(texts), size=min(n_queries, len(texts)), replace=False))
+    return [texts[i] for i in keep]
 
 
 def sample_queries(ds, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
