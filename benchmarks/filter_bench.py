@@ -16,8 +16,6 @@ import json
 import sys
 import time
 
-import numpy as np
-
 from relm.datastore import Datastore
 from relm.retrieval import ann_tune
 from relm.retrieval.options import SearchOptions, time_bound
