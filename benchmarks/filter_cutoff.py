@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             for kind, mask in masks(ds, frac, seed=1).items():
                 ids = np.flatnonzero(mask)
                 plan = filter_plan(index.structure, knobs.get("nprobe"), knobs["ef_search"], K, len(ids), len(ds),
-                                   exact_fraction=0.0)
+                                   exact_cutoff=False)
                 sel = selector(mask, len(ds))
                 widened = lambda q, plan=plan, sel=sel, index=index: index._search(  # noqa: E731
                     q, K, plan.nprobe, plan.ef_search, 0, sel)

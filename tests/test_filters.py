@@ -9,7 +9,7 @@ import pytest
 
 from relm.datastore import Datastore
 from relm.retrieval.ann import AnnConfig, AnnIndex, build_ann_index
-from relm.retrieval.ann_search import EXACT_FRACTION, filter_plan, search_parameters
+from relm.retrieval.ann_search import filter_plan, search_parameters
 from relm.retrieval.ann_tune import recall_at_k
 from relm.retrieval.exact import exact_search
 from relm.retrieval.sharding import ShardConfig, build_sharded_index
@@ -56,11 +56,13 @@ def hits(ids: np.ndarray) -> np.ndarray:
     return (ids >= 0).sum(axis=1)
 
 
-@pytest.mark.parametrize("name", ["hnsw", "ivf"])
-@pytest.mark.parametrize("fraction", [0.15, 0.02])  # widened knobs; exact over the allowed set
-def test_filtered_ann_returns_k_hits(ds, data, name, fraction):
+@pytest.mark.parametrize("name,fraction,exact", [("hnsw", 0.15, False), ("hnsw", 0.02, True),
+                                                 ("ivf", 0.5, False), ("ivf", 0.02, True)])
+def test_filtered_ann_returns_k_hits(ds, data, name, fraction, exact):
     mask = region(data[0], fraction)
     index = AnnIndex.open(ds, name)
+    d = index.defaults
+    assert filter_plan(index.structure, d["nprobe"], d["ef_search"], K, int(mask.sum()), N).exact == exact
     s, i = index.search(data[1], K, allowed=mask)
     assert (hits(i) == K).all()  # the old code returned fewer for most queries (HNSW ef 16, IVF nprobe 2)
     assert mask[i].all()
@@ -91,15 +93,17 @@ def test_filter_plan():
     hnsw = {"ivf": False, "hnsw": True, "nlist": None}
     ivf = {"ivf": True, "hnsw": False, "nlist": 64}
     flat = {"ivf": False, "hnsw": False, "nlist": None}
-    assert filter_plan(hnsw, None, 16, 10, 1000, 1000) == filter_plan(hnsw, None, 16, 10, 1000, 1000)
     full = filter_plan(hnsw, None, 16, 10, 1000, 1000)
     assert not full.exact and full.ef_search == 16  # nothing filtered out: the unfiltered knobs
-    assert filter_plan(hnsw, None, 16, 10, 250, 1000).ef_search == 64  # 16 / 0.25
-    assert filter_plan(hnsw, None, 8, 10, 500, 1000).ef_search == 20  # max(ef, k) / p
-    assert filter_plan(ivf, 4, 16, 10, 200, 1000).nprobe == 20
-    assert filter_plan(ivf, 32, 16, 10, 200, 1000).nprobe == 64  # at most nlist
-    assert not filter_plan(flat, None, 16, 10, 200, 1000).exact  # Flat searches every allowed vector
-    assert filter_plan(hnsw, None, 16, 10, int(EXACT_FRACTION * 1000), 1000).exact
+    assert filter_plan(hnsw, None, 16, 10, 2500, 10_000).ef_search == 64  # 16 / 0.25
+    assert filter_plan(hnsw, None, 8, 10, 5000, 10_000).ef_search == 20  # max(ef, k) / p
+    assert not filter_plan(hnsw, None, 16, 10, 2500, 10_000).exact  # 2500 allowed > efSearch' 64
+    assert filter_plan(hnsw, None, 16, 10, 400, 10_000).exact  # 400 allowed ≤ efSearch' 400
+    assert filter_plan(ivf, 4, 16, 10, 20_000, 100_000).nprobe == 20  # 4 / 0.2
+    assert not filter_plan(ivf, 4, 16, 10, 50_000, 100_000).exact  # scans 8 lists, 12,500 codes < 50,000
+    assert filter_plan(ivf, 4, 16, 10, 20_000, 100_000).exact  # 20 lists hold 31,250 codes ≥ 20,000 allowed
+    assert filter_plan(ivf, 4, 16, 10, 2000, 100_000).nprobe == 64  # at most nlist
+    assert not filter_plan(flat, None, 16, 10, 200, 1000).exact  # Flat scores every allowed vector
     assert filter_plan(hnsw, None, 16, 10, 0, 1000).exact
 
 

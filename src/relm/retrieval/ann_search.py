@@ -6,8 +6,8 @@ Filtered search. A faiss selector drops disallowed passages from the results but
 still walks about efSearch nodes and IVF scans nprobe lists, of which only a fraction p = allowed / n
 are allowed, so a selective filter returns fewer than k hits (an HNSW with efSearch 64 and p = 5%
 finds ~3 allowed passages where 10 were asked for). `filter_plan` keeps the expected number of allowed
-candidates what an unfiltered search sees, efSearch / p and nprobe / p, and below EXACT_FRACTION
-searches the allowed set exactly instead (cheaper there, and complete). Rows that still come back
+candidates what an unfiltered search sees, efSearch / p and nprobe / p, and searches the allowed set
+exactly instead when that scores no more vectors than the widened search would (cheaper, and complete). Rows that still come back
 short of min(k, allowed) are searched exactly (`short_rows`), so no filter loses hits silently.
 """
 
@@ -81,11 +81,6 @@ def search_parameters(structure: dict[str, Any], nprobe: int | None, ef_search: 
 
 # -- filtered search --------------------------------------------------------------------------------
 
-# At or below this allowed fraction a filtered search scans the allowed passages exactly instead of
-# widening the ANN search: measured on 100k clustered vectors (benchmarks/filter_cutoff.py, docs/results.md).
-EXACT_FRACTION = 0.05
-
-
 @dataclass(frozen=True)
 class FilterPlan:
     """How to search under a filter allowing `allowed` of `ntotal` passages: exactly over the allowed
@@ -98,20 +93,34 @@ class FilterPlan:
 
 
 def filter_plan(structure: dict[str, Any], nprobe: int | None, ef_search: int, k: int, allowed: int,
-                ntotal: int, exact_fraction: float = EXACT_FRACTION) -> FilterPlan:
-    """The plan of a filtered search (module docstring): p = allowed / ntotal;
-    p ≤ exact_fraction: exact over the allowed set; an IVF: nprobe' = min(ceil(nprobe / p), nlist) (an
-    HNSW quantizer's efSearch is raised to nprobe' by `search_parameters`); an HNSW:
-    efSearch' = ceil(max(efSearch, k) / p) (faiss raises efSearch to k anyway); anything else (Flat)
-    already searches every allowed vector. p = 1 changes nothing."""
+                ntotal: int, *, exact_cutoff: bool = True) -> FilterPlan:
+    """The plan of a filtered search (module docstring), p = allowed / ntotal:
+
+    HNSW: efSearch' = ceil(max(efSearch, k) / p) (faiss raises efSearch to k anyway); exact when
+        allowed ≤ efSearch', i.e. allowed² ≤ max(efSearch, k)·ntotal: the widened walk would compute at
+        least as many distances as scoring the allowed set exactly.
+    IVF: nprobe' = min(ceil(nprobe / p), nlist); exact when allowed ≤ the nprobe'·ntotal / nlist codes
+        the widened probe would scan (an HNSW quantizer's efSearch is raised to nprobe' by
+        `search_parameters`).
+    Anything else (Flat) already scores every allowed vector: unchanged. p = 1 changes nothing.
+    The cutoff was measured on 100k clustered vectors (benchmarks/filter_cutoff.py, docs/results.md):
+    one query at a time, exact over the allowed set overtakes HNSW (efSearch 64) between p = 2% and 1%;
+    the rule puts it at 2.5%. `exact_cutoff=False` never switches (for that benchmark).
+    """
     p = allowed / max(ntotal, 1)
-    if allowed == 0 or p <= exact_fraction:
+    if allowed == 0:
         return FilterPlan(True, nprobe, ef_search, allowed)
-    if p < 1 and structure["ivf"] and nprobe is not None:
+    if p >= 1:
+        return FilterPlan(False, nprobe, ef_search, allowed)
+    visited = None  # vectors the widened search would score
+    if structure["ivf"] and nprobe is not None:
         nprobe = min(math.ceil(nprobe / p), int(structure["nlist"]))
-    elif p < 1 and structure["hnsw"]:
+        visited = nprobe * ntotal / int(structure["nlist"])
+    elif structure["hnsw"]:
         ef_search = min(math.ceil(max(ef_search, k) / p), max(ntotal, 1))
-    return FilterPlan(False, nprobe, ef_search, allowed)
+        visited = ef_search
+    exact = exact_cutoff and visited is not None and allowed <= visited
+    return FilterPlan(exact, nprobe, ef_search, allowed)
 
 
 def short_rows(ids: np.ndarray, need: int) -> np.ndarray:
