@@ -407,8 +407,12 @@ class AnnIndex:
         build_ann_index(view, name, AnnConfig.from_dict(build_config(saved)), overwrite=True)
         tuning = saved.get("tuning")
         if tuning:
+            queries = tuning.get("queries_file")
+            if queries and not Path(queries).is_file():
+                log.warning("index %r was tuned on %s, which is gone; re-tuning on datastore passages", name, queries)
+                queries = None
             tune_ann_index(view, name, target_recall=tuning["target_recall"], k=tuning["k"],
-                           n_queries=tuning["n_queries"], seed=tuning["seed"])
+                           n_queries=tuning["n_queries"], seed=tuning["seed"], queries_file=queries)
 
     @classmethod
     def update(cls, live, view, name: str) -> None:
