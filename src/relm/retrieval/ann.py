@@ -38,8 +38,11 @@ from ..errors import ConfigError, DatastoreError
 from ..progress import progress
 from . import planner
 from .ann_search import (
+    LOCAL_PLAN_BELOW,
+    PROBE_WIDTH,
     filter_plan,
     fp16_refine_index,
+    local_ef,
     refine_exact,
     refine_parameters,
     search_parameters,
@@ -460,12 +463,34 @@ class AnnIndex:
         plan = filter_plan(self.structure, nprobe, ef_search, k, n_allowed, self.ntotal)
         if plan.exact:
             return exact_search_subset(queries, np.flatnonzero(allowed), k, self._fetch)
-        scores, ids = self._search(queries, k, plan.nprobe, plan.ef_search, refine, sel)
+        if self.structure["hnsw"] and not self.structure["ivf"] and n_allowed < LOCAL_PLAN_BELOW * self.ntotal:
+            scores, ids = self._search_hnsw_filtered(queries, k, ef_search, refine, allowed, sel, n_allowed)
+        else:
+            scores, ids = self._search(queries, k, plan.nprobe, plan.ef_search, refine, sel)
         short = short_rows(ids, min(k, n_allowed))
         if len(short):
             log.debug("index %r: %d of %d filtered queries short of %d hits; searched exactly",
                       self.name, len(short), len(queries), min(k, n_allowed))
             scores[short], ids[short] = exact_search_subset(queries[short], np.flatnonzero(allowed), k, self._fetch)
+        return scores, ids
+
+    def _search_hnsw_filtered(self, queries, k, ef_search, refine, allowed, sel, n_allowed) -> SearchResult:
+        """HNSW under a filter, planned per query from its unfiltered neighbourhood (`local_ef`): one
+        unfiltered search at the stored efSearch, then exact over the allowed set for queries whose
+        efSearch would reach it, the rest widened in groups of equal power-of-two efSearch."""
+        width = max(ef_search, k, PROBE_WIDTH)
+        probe = self._search(queries, width, None, width, 0)[1]
+        ef_q = local_ef(probe, allowed, ef_search, k, n_allowed / self.ntotal, self.ntotal)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        exact = np.nonzero(ef_q >= n_allowed)[0]
+        if len(exact):
+            scores[exact], ids[exact] = exact_search_subset(queries[exact], np.flatnonzero(allowed), k, self._fetch)
+        rest = np.nonzero(ef_q < n_allowed)[0]
+        buckets = np.minimum(2 ** np.ceil(np.log2(np.maximum(ef_q[rest], 1))), self.ntotal).astype(np.int64)
+        for ef in np.unique(buckets):
+            rows = rest[buckets == ef]
+            scores[rows], ids[rows] = self._search(queries[rows], k, None, int(ef), refine, sel)
         return scores, ids
 
     def _search(self, queries, k, nprobe, ef_search, refine, sel=None) -> SearchResult:

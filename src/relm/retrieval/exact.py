@@ -70,13 +70,13 @@ def exact_search_subset(
     by `fetch(ids) -> (len(ids), d)`: cost O(nq·len(ids)·d) instead of the whole datastore's O(nq·n·d),
     the fallback of filtered ANN and routed search when the allowed set is small. Same output contract
     as `exact_search` (best first, ties by smaller id, padded with (-inf, -1))."""
-    from .ann_search import to_float32
-
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     heap = ResultHeap(len(queries), k)
     ids = np.asarray(ids, dtype=np.int64)
     for b0 in range(0, len(ids), block_rows):
         block = ids[b0 : b0 + block_rows]
-        rows = to_float32(fetch(block))  # (B, d)
+        # numpy's cast, not faiss's threaded fp16 decoder: one query's few thousand rows are where its
+        # thread start-up costs most (measured 7.6 ms against 2.3 ms for 2,000 x 384 on 2 busy cores)
+        rows = np.asarray(fetch(block), dtype=np.float32)  # (B, d)
         heap.add(queries @ rows.T, block)  # (nq, B)
     return heap.scores, heap.ids
