@@ -171,3 +171,17 @@ def test_sharded_fallback_when_shards_are_approximate(tmp_path, data):
     mask = region(data[0], 0.03, seed=2)
     i = ShardedIndex.open(Datastore.open(root), "hn").search(data[1], K, allowed=mask)[1]
     assert (hits(i) == K).all() and mask[i].all()
+
+
+@pytest.mark.parametrize("nq", [3, 40])  # faiss's loop for a few queries, BLAS for more
+def test_exact_search_subset_equals_masked_exact(ds, data, nq):
+    from relm.retrieval.ann_search import shard_reader
+    from relm.retrieval.exact import exact_search_subset
+
+    mask = region(data[0], 0.3)
+    want_s, want_i = exact_search(data[1][:nq], ds.embedding_shards, K, allowed=mask)
+    s, i = exact_search_subset(data[1][:nq], np.flatnonzero(mask), K, shard_reader(ds.embedding_shards),
+                               block_rows=500)
+    assert np.array_equal(i, want_i) and np.allclose(s, want_s, atol=1e-6)
+    s, i = exact_search_subset(data[1][:nq], np.array([7, 9]), K, shard_reader(ds.embedding_shards))
+    assert (np.sort(i[:, :2], axis=1) == [7, 9]).all() and (i[:, 2:] == -1).all()
