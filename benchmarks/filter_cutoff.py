@@ -1,6 +1,6 @@
 """Where should a filtered ANN search give way to exact search over the allowed set?
 
-    python benchmarks/filter_cutoff.py [--n 100000] [--queries 200] [--out DIR]
+    python benchmarks/filter_cutoff.py [--n 100000] [--queries 200] [--fractions 0.5,0.2,...] [--out DIR]
 
 On n clustered unit vectors (d 384, `relm.retrieval.synthetic.clustered_vectors`), held-out queries from
 the same distribution, an HNSW32 index (efSearch 64) and an IVF{4·sqrt n},Flat index (nprobe 8): for
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--out", help="datastore directory (default: a temporary one)")
+    p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="allowed fractions, comma-separated")
     p.add_argument("--json", help="write the rows here")
     args = p.parse_args(argv)
     root = Path(args.out or tempfile.mkdtemp(prefix="relm-cutoff-"))
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     for name in ("hnsw", "ivf"):
         index = AnnIndex.open(ds, name)
         knobs = index.defaults
-        for frac in FRACTIONS:
+        for frac in [float(f) for f in args.fractions.split(",")]:
             for kind, mask in masks(ds, frac, seed=1).items():
                 ids = np.flatnonzero(mask)
                 plan = filter_plan(index.structure, knobs.get("nprobe"), knobs["ef_search"], K, len(ids), len(ds),
