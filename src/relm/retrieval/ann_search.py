@@ -104,11 +104,11 @@ def filter_plan(structure: dict[str, Any], nprobe: int | None, ef_search: int, k
         every node it visits, allowed or not, so it would score at least as many vectors as the
         allowed set holds.
     IVF: nprobe' = min(ceil(nprobe / p), nlist), never exact: the selector is checked before a code is
-        scored, so disallowed codes cost almost nothing and the widened probe stayed faster than exact
+        scored, so disallowed codes cost almost nothing and the widened probe stayed at or below exact
         down to p = 0.5% (an HNSW quantizer's efSearch is raised to nprobe' by `search_parameters`).
     Anything else (Flat) already scores every allowed vector: unchanged. p = 1 changes nothing.
     Measured one query at a time on 100k clustered vectors (benchmarks/filter_cutoff.py, docs/results.md):
-    exact over the allowed set overtakes HNSW (efSearch 64) between p = 2% and 1%; the rule puts the
+    exact over the allowed set overtakes HNSW (efSearch 64) between p = 5% and 2%; the rule puts the
     switch at 2.5% there. `exact_cutoff=False` never switches (for that benchmark).
     """
     p = allowed / max(ntotal, 1)
