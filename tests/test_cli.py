@@ -175,7 +175,7 @@ def test_ann_index_tune_eval_and_search(built, capsys):
     assert main(["index", str(out), "--name", "hn", "--factory", "hnsw", "--tune", "--target-recall", "0.9",
                  "--tune-queries", "10", "--tune-k", "3"]) == 0
     assert "tuned" in capsys.readouterr().out
-    assert main(["index-eval", str(out), "--name", "hn", "--queries", "10", "--json"]) == 0
+    assert main(["index-eval", str(out), "--name", "hn", "--n-queries", "10", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["recall@1"] >= 0.9 and report["bytes_per_vector"] > 0
     assert main(["search", str(out), "whale ship captain", "-k", "3", "--json", "--retriever", "ann",

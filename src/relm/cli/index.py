@@ -46,7 +46,10 @@ def register(sub) -> None:
     p.add_argument("--tune", action="store_true", help="pick the cheapest knobs reaching --target-recall")
     p.add_argument("--target-recall", type=float, default=0.95, help="with --tune: recall@k to reach")
     p.add_argument("--tune-k", type=int, default=10, help="with --tune: the k of recall@k")
-    p.add_argument("--tune-queries", type=int, default=1000, help="with --tune: held-out query sample size")
+    p.add_argument("--tune-queries", type=int, default=1000, help="with --tune: query sample size")
+    p.add_argument("--queries", metavar="FILE",
+                   help="with --tune: held-out query texts (a query file, or held-out documents cut into "
+                   "256-word passages; default: a sample of the datastore's own passages, each without itself)")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing index of this name")
     p.add_argument("--json", action="store_true", help="print the index config as JSON")
     add_wait_flag(p)
@@ -127,9 +130,13 @@ def _build_ann(ds, args) -> dict:
     config = AnnConfig(factory=factory, train_size=args.train_size, seed=args.seed, **knobs)
     index = build_ann_index(ds, args.name, config, overwrite=args.overwrite, show_progress=args.progress)
     if args.tune:
+        from .index_eval import tuning_table
+
         result = tune_ann_index(ds, args.name, target_recall=args.target_recall, k=args.tune_k,
-                                n_queries=args.tune_queries, seed=args.seed)
-        print(f"tuned: {result}")
+                                n_queries=args.tune_queries, seed=args.seed, queries_file=args.queries)
+        print(tuning_table(result))
+    elif args.queries:
+        raise ConfigError("--queries applies to --tune")
     from ..retrieval.ann import AnnIndex
 
     del index

@@ -38,13 +38,19 @@ from ..errors import ConfigError, DatastoreError
 from ..progress import progress
 from . import planner
 from .ann_search import (
+    LOCAL_PLAN_BELOW,
+    PROBE_WIDTH,
+    filter_plan,
     fp16_refine_index,
+    local_ef,
     refine_exact,
     refine_parameters,
     search_parameters,
     selector,
     shard_reader,
+    short_rows,
 )
+from .exact import exact_search_subset
 from .indexes import (
     SearchResult,
     check_k,
@@ -404,8 +410,12 @@ class AnnIndex:
         build_ann_index(view, name, AnnConfig.from_dict(build_config(saved)), overwrite=True)
         tuning = saved.get("tuning")
         if tuning:
+            queries = tuning.get("queries_file")
+            if queries and not Path(queries).is_file():
+                log.warning("index %r was tuned on %s, which is gone; re-tuning on datastore passages", name, queries)
+                queries = None
             tune_ann_index(view, name, target_recall=tuning["target_recall"], k=tuning["k"],
-                           n_queries=tuning["n_queries"], seed=tuning["seed"])
+                           n_queries=tuning["n_queries"], seed=tuning["seed"], queries_file=queries)
 
     @classmethod
     def update(cls, live, view, name: str) -> None:
@@ -432,15 +442,60 @@ class AnnIndex:
         Knobs default to the stored ones (set at build, replaced by tuning); a knob that does not
         apply to this index type (nprobe on HNSW, ef_search on a flat-quantizer IVF) is ignored.
         refine_factor r ≥ 1 re-scores k·r candidates with the datastore's float16 vectors, so the
-        returned scores of refined hits are exact. `allowed` (bool, one per passage) excludes False ids.
+        returned scores of refined hits are exact. `allowed` (bool, one per passage) excludes False ids;
+        a filtered search returns min(k, allowed passages) hits per query (widened knobs, or exact over
+        the allowed set when it is small: `ann_search.filter_plan`).
         """
         k = check_k(k)
         queries = self._queries(vectors)
         nprobe, ef_search, refine = self._knobs(nprobe, ef_search, refine_factor)
         if len(queries) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        in_memory = bool(refine) and self.refine_in_memory
         if allowed is None:
+            return self._search(queries, k, nprobe, ef_search, refine)
+        return self._search_filtered(queries, k, nprobe, ef_search, refine, allowed)
+
+    def _search_filtered(self, queries, k, nprobe, ef_search, refine, allowed) -> SearchResult:
+        """A filtered search that returns min(k, allowed) hits per query (`ann_search.filter_plan`):
+        widened knobs, or exact over the allowed set when it is small; short rows searched exactly."""
+        sel = selector(allowed, self.ntotal)  # checks the mask
+        n_allowed = int(np.count_nonzero(allowed))
+        plan = filter_plan(self.structure, nprobe, ef_search, k, n_allowed, self.ntotal)
+        if plan.exact:
+            return exact_search_subset(queries, np.flatnonzero(allowed), k, self._fetch)
+        if self.structure["hnsw"] and not self.structure["ivf"] and n_allowed < LOCAL_PLAN_BELOW * self.ntotal:
+            scores, ids = self._search_hnsw_filtered(queries, k, ef_search, refine, allowed, sel, n_allowed)
+        else:
+            scores, ids = self._search(queries, k, plan.nprobe, plan.ef_search, refine, sel)
+        short = short_rows(ids, min(k, n_allowed))
+        if len(short):
+            log.debug("index %r: %d of %d filtered queries short of %d hits; searched exactly",
+                      self.name, len(short), len(queries), min(k, n_allowed))
+            scores[short], ids[short] = exact_search_subset(queries[short], np.flatnonzero(allowed), k, self._fetch)
+        return scores, ids
+
+    def _search_hnsw_filtered(self, queries, k, ef_search, refine, allowed, sel, n_allowed) -> SearchResult:
+        """HNSW under a filter, planned per query from its unfiltered neighbourhood (`local_ef`): one
+        unfiltered search at the stored efSearch, then exact over the allowed set for queries whose
+        efSearch would reach it, the rest widened in groups of equal power-of-two efSearch."""
+        width = max(ef_search, k, PROBE_WIDTH)
+        probe = self._search(queries, width, None, width, 0)[1]
+        ef_q = local_ef(probe, allowed, ef_search, k, n_allowed / self.ntotal, self.ntotal)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        exact = np.nonzero(ef_q >= n_allowed)[0]
+        if len(exact):
+            scores[exact], ids[exact] = exact_search_subset(queries[exact], np.flatnonzero(allowed), k, self._fetch)
+        rest = np.nonzero(ef_q < n_allowed)[0]
+        buckets = np.minimum(2 ** np.ceil(np.log2(np.maximum(ef_q[rest], 1))), self.ntotal).astype(np.int64)
+        for ef in np.unique(buckets):
+            rows = rest[buckets == ef]
+            scores[rows], ids[rows] = self._search(queries[rows], k, None, int(ef), refine, sel)
+        return scores, ids
+
+    def _search(self, queries, k, nprobe, ef_search, refine, sel=None) -> SearchResult:
+        in_memory = bool(refine) and self.refine_in_memory
+        if sel is None:
             # read-only during a search, so one object serves concurrent calls
             key = (nprobe, ef_search, refine if in_memory else 0)
             params = self._params.get(key)
@@ -451,7 +506,7 @@ class AnnIndex:
                 if len(self._params) < 64:
                     self._params[key] = params
         else:
-            params = search_parameters(self.structure, nprobe, ef_search, selector(allowed, self.ntotal))
+            params = search_parameters(self.structure, nprobe, ef_search, sel)
             if in_memory:
                 params = refine_parameters(refine, params)
         if in_memory:

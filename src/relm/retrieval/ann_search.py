@@ -1,9 +1,24 @@
-"""The pure pieces of `AnnIndex.search`: faiss SearchParameters, the `allowed` selector, and exact
-re-scoring of candidates with the datastore's float16 vectors (refine)."""
+"""The pure pieces of `AnnIndex.search`: faiss SearchParameters, the `allowed` selector, the plan of a
+filtered search (widened knobs or exact over the allowed set), and exact re-scoring of candidates with
+the datastore's float16 vectors (refine).
+
+Filtered search. A faiss selector drops disallowed passages from the results but not from the work: HNSW
+still walks about efSearch nodes and IVF scans nprobe lists, of which only a fraction p = allowed / n
+are allowed, so a selective filter returns fewer than k hits (an HNSW with efSearch 64 and p = 5%
+finds ~3 allowed passages where 10 were asked for). `filter_plan` keeps the expected number of allowed
+candidates what an unfiltered search sees, efSearch / p and nprobe / p, and for HNSW searches the
+allowed set exactly instead when that scores no more vectors than the widened walk would (cheaper, and
+complete). A selective HNSW filter is planned per query (`local_ef`): a filter correlated with the space
+leaves fewer allowed passages near some queries than p says, so the share among each query's unfiltered
+neighbours sets its efSearch. Rows that still come back
+short of min(k, allowed) are searched exactly (`short_rows`), so no filter loses hits silently.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -65,6 +80,76 @@ def search_parameters(structure: dict[str, Any], nprobe: int | None, ef_search: 
     if structure["pretransform"]:
         params = faiss.SearchParametersPreTransform(index_params=params)
     return params
+
+
+# -- filtered search --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilterPlan:
+    """How to search under a filter allowing `allowed` of `ntotal` passages: exactly over the allowed
+    set, or with the ANN knobs widened by ntotal / allowed."""
+
+    exact: bool
+    nprobe: int | None
+    ef_search: int
+    allowed: int
+
+
+def filter_plan(structure: dict[str, Any], nprobe: int | None, ef_search: int, k: int, allowed: int,
+                ntotal: int, *, exact_cutoff: bool = True) -> FilterPlan:
+    """The plan of a filtered search (module docstring), p = allowed / ntotal:
+
+    HNSW: efSearch' = ceil(max(efSearch, k) / p) (faiss raises efSearch to k anyway); exact when
+        allowed ≤ efSearch', i.e. allowed² ≤ max(efSearch, k)·ntotal: the walk computes a distance for
+        every node it visits, allowed or not, so it would score at least as many vectors as the
+        allowed set holds.
+    IVF: nprobe' = min(ceil(nprobe / p), nlist), never exact: the selector is checked before a code is
+        scored, so disallowed codes cost almost nothing and the widened probe stayed at or below exact
+        down to p = 0.5% (an HNSW quantizer's efSearch is raised to nprobe' by `search_parameters`).
+    Anything else (Flat) already scores every allowed vector: unchanged. p = 1 changes nothing.
+    Measured one query at a time on 100k clustered vectors (benchmarks/filter_cutoff.py, docs/results.md):
+    exact over the allowed set overtakes HNSW (efSearch 64) between p = 5% and 2%; the rule puts the
+    switch at 2.5% there. `exact_cutoff=False` never switches (for that benchmark).
+    """
+    p = allowed / max(ntotal, 1)
+    if allowed == 0:
+        return FilterPlan(True, nprobe, ef_search, allowed)
+    if p >= 1:
+        return FilterPlan(False, nprobe, ef_search, allowed)
+    exact = False
+    if structure["ivf"] and nprobe is not None:
+        nprobe = min(math.ceil(nprobe / p), int(structure["nlist"]))
+    elif structure["hnsw"]:
+        ef_search = min(math.ceil(max(ef_search, k) / p), max(ntotal, 1))
+        exact = exact_cutoff and allowed <= ef_search
+    return FilterPlan(exact, nprobe, ef_search, allowed)
+
+
+PROBE_WIDTH = 64  # neighbours of the unfiltered probe: resolves allowed shares down to 1/64
+# HNSW filters allowing less than this share are planned per query (one extra unfiltered search); a
+# mask allowing more (tombstones, broad filters) uses the global efSearch / p: on 100k vectors a
+# correlated half still reached recall@10 0.956 that way (benchmarks/filter_cutoff.py)
+LOCAL_PLAN_BELOW = 0.5
+
+
+def local_ef(probe_ids: np.ndarray, allowed: np.ndarray, ef_search: int, k: int, p: float,
+             ntotal: int) -> np.ndarray:
+    """(nq,) efSearch per query from the allowed share of its unfiltered neighbourhood: an unfiltered
+    search's top max(efSearch, k, PROBE_WIDTH) ids `probe_ids`, of which a share p_q is allowed, and
+    efSearch_q = ceil(max(efSearch, k) / min(p, p_q)) (p_q at least one of them). A filter correlated
+    with the space (a domain; dates of topical text) leaves far fewer allowed passages near some
+    queries than p says: a news filter on queries from other domains (measured on the shared corpus:
+    recall@10 0.41 with the global efSearch / p, docs/results.md)."""
+    width = max(ef_search, k)
+    valid = probe_ids >= 0  # (nq, PROBE_WIDTH or more)
+    share = (allowed[np.where(valid, probe_ids, 0)] & valid).sum(axis=1) / max(probe_ids.shape[1], 1)
+    p_q = np.minimum(p, np.maximum(share, 1.0 / max(probe_ids.shape[1], 1)))
+    return np.minimum(np.ceil(width / p_q), max(ntotal, 1)).astype(np.int64)
+
+
+def short_rows(ids: np.ndarray, need: int) -> np.ndarray:
+    """Indices of the rows of an (nq, k) id run holding fewer than `need` hits (ids ≥ 0)."""
+    return np.nonzero((ids >= 0).sum(axis=1) < need)[0]
 
 
 # -- exact re-scoring -------------------------------------------------------------------------------

@@ -439,6 +439,16 @@ class BM25Index:
                 list(queries), update_vocab=False, return_as="ids", show_progress=False, allow_empty=False
             )
 
+    def score_all(self, queries: Sequence[str]):
+        """Exact BM25 of every passage for each query: float32 (N,) arrays, one per query, in order
+        (bm25s's full score vector, before any top-k; zero where no query term matches). For checking
+        `search` (relm index-eval); N floats a query."""
+        for ids in self.tokenize(check_queries(queries)):
+            if not ids:
+                yield np.zeros(len(self), dtype=np.float32)
+                continue
+            yield np.asarray(self._retriever.get_scores_from_ids(ids), dtype=np.float32)
+
     def search(
         self,
         queries: str | Sequence[str],

@@ -18,6 +18,7 @@ order faiss gives passages tied at exactly the k-th score.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from ..artifacts import load_npy, read_json, save_npy_atomic
 from ..config import _from_dict
 from ..errors import ConfigError, DatastoreError
 from .ann import vector_probe
+from .ann_search import shard_reader, short_rows
+from .exact import exact_search_subset
 from .indexes import (
     check_k,
     check_probe,
@@ -87,6 +90,17 @@ def hamming_order(query_codes: np.ndarray, n_bits: int) -> np.ndarray:
 def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """(n, C) centroid ids of each vector, by decreasing inner product."""
     return np.argsort(-(vectors @ centroids.T), axis=1, kind="stable")
+
+
+def filtered_probe(probe_shards: int | None, allowed: int, ntotal: int, n_shards: int) -> int | None:
+    """Shards to probe under a filter allowing `allowed` of `ntotal` passages: probe_shards / p, at most
+    every shard, so a query sees as many allowed passages as an unfiltered routed search sees passages
+    (the widening `ann_search.filter_plan` applies to efSearch and nprobe). None: every shard."""
+    if probe_shards is None or allowed >= ntotal:
+        return probe_shards
+    if allowed == 0:
+        return min(probe_shards, n_shards)
+    return min(n_shards, math.ceil(probe_shards * ntotal / allowed))
 
 
 # -- shards -------------------------------------------------------------------------------------------
@@ -200,29 +214,63 @@ class ShardedIndex:
             return np.broadcast_to(np.arange(n), (len(vectors), n))
         if probe_shards < 1:
             raise ConfigError(f"--probe-shards must be >= 1, got {probe_shards}")
+        return self.shard_order(vectors)[:, :probe_shards]
+
+    def shard_order(self, vectors: np.ndarray) -> np.ndarray:
+        """(nq, n_shards) every shard id for each query, nearest by the partition first."""
         by = build_config(self.config)["by"]
         if by == "kmeans":
-            return nearest_centroids(vectors, self.routing)[:, :probe_shards]
+            return nearest_centroids(vectors, self.routing)
         if by == "lsh":
             bits = self.routing.shape[0]
-            return hamming_order(lsh_codes(vectors, self.routing), bits)[:, :probe_shards]
+            return hamming_order(lsh_codes(vectors, self.routing), bits)
         raise ConfigError("domain shards cannot be routed by similarity; filter with --domain instead")
 
     def search(self, vectors: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
                probe_shards: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the shards each query is routed to, merged by score. Under a filter allowing a
+        fraction p of the passages, a query probes ceil(probe_shards / p) shards (`filtered_probe`), and
+        one whose probed shards hold fewer than min(k, allowed passages) hits (a selective filter, small shards) visits its
+        next-nearest shards one at a time until it has them; one still short after every shard (shards
+        of an approximate factory) is searched exactly over the allowed set. A query with k hits from
+        its probed shards gets exactly what routing alone gives."""
         k = check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        route = self.route(vectors, probe_shards)
+        n_allowed = self.n_passages if allowed is None else int(np.count_nonzero(allowed))
+        route = self.route(vectors, filtered_probe(probe_shards, n_allowed, self.n_passages, len(self.shards)))
         out = (np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), PAD_ID, np.int64))
         packed = PackedFilter.of(allowed)  # packed once for every shard
-        for s, shard in enumerate(self.shards):
-            rows = np.nonzero((route == s).any(axis=1))[0]
-            if len(rows) == 0:
-                continue
-            part = shard.search(vectors[rows], k, packed)
-            merged = merge_topk((out[0][rows], out[1][rows]), part, k)
-            out[0][rows], out[1][rows] = merged
+        for s in range(len(self.shards)):
+            self._search_shard(s, np.nonzero((route == s).any(axis=1))[0], vectors, k, packed, out)
+        need = min(k, n_allowed)
+        if route.shape[1] < len(self.shards) and len(short_rows(out[1], need)):
+            order = self.shard_order(vectors)
+            for step in range(route.shape[1], len(self.shards)):  # each short row visits its next shard
+                short = short_rows(out[1], need)
+                if len(short) == 0:
+                    break
+                nxt = order[short, step]
+                for s in np.unique(nxt):
+                    self._search_shard(int(s), short[nxt == s], vectors, k, packed, out)
+        short = short_rows(out[1], need)
+        if len(short):
+            ids = np.arange(len(self.ds)) if allowed is None else np.flatnonzero(allowed)
+            log.debug("index %s: %d of %d queries short of %d hits after every shard; searched exactly",
+                      self.name, len(short), len(vectors), need)
+            out[0][short], out[1][short] = exact_search_subset(vectors[short], ids, k,
+                                                               shard_reader(self.ds.embedding_shards))
         return out
+
+    @property
+    def n_passages(self) -> int:
+        return sum(int(sh.index.ntotal) for sh in self.shards)
+
+    def _search_shard(self, s: int, rows: np.ndarray, vectors: np.ndarray, k: int, packed, out) -> None:
+        """Search shard s for the queries `rows` and merge into `out` (scores, ids) in place."""
+        if len(rows) == 0:
+            return
+        part = self.shards[s].search(vectors[rows], k, packed)
+        out[0][rows], out[1][rows] = merge_topk((out[0][rows], out[1][rows]), part, k)
 
     def add_new_vectors(self) -> int:
         """Assign and add passages [ntotal, len(ds)) after `relm add`; no retraining. Domain shards
