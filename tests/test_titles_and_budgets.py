@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from relm import BuildConfig, ChunkConfig, ConfigError, Datastore, ReaderConfig, build_datastore
-from relm.corpus.chunking import budget_passage_bounds, chunk_words, tokens_per_word, word_passage_bounds, word_spans
+from relm.corpus.chunking import (
+    budget_passage_bounds,
+    chunk_words,
+    tokens_per_word,
+    word_passage_bounds,
+    word_spans,
+)
 from relm.corpus.documents import with_title
 from relm.datastore import update as U
 from relm.datastore.build import truncation_warning
