@@ -66,7 +66,8 @@ def test_build_layout_and_contents(tmp_path, small_corpus, encoder):
     assert m["format"] == L.FORMAT and m["format_version"] == L.FORMAT_VERSION
     assert m["encoder"]["model"] == "all-MiniLM-L6-v2" and m["encoder"]["dim"] == 384
     assert m["encoder"]["normalize"] is True
-    assert m["chunker"] == {"mode": "words", "max_words": 64, "min_words": 8}
+    assert m["chunker"] == {"mode": "words", "max_words": 64, "min_words": 8, "max_tokens": "auto",
+                            "prepend_title": False, "passage_tokens": 254}
     assert m["counts"]["shards"] == -(-len(expected) // 7)
     assert sum(s["rows"] for s in m["embeddings"]["shards"]) == len(ds)
     assert m["inputs"][0]["sha256"] and m["inputs"][0]["bytes"] == small_corpus.stat().st_size

@@ -116,7 +116,15 @@ class ReaderConfig:
 
 @dataclass(frozen=True)
 class ChunkConfig:
-    """Passage mode (MassiveDS: <= max_words whitespace words) or token mode (RETRO: chunk_tokens tokens)."""
+    """Passage mode (MassiveDS: <= max_words whitespace words) or token mode (RETRO: chunk_tokens tokens).
+
+    Passage mode also bounds each passage by the encoder's tokens (`max_tokens`): "auto" packs whole
+    words into passages whose encoder input (title included when `prepend_title`) fits the encoder's
+    max_seq_length, special tokens aside; an int N allows N encoder tokens (special tokens aside); None
+    cuts by words alone (the old behaviour: on news ~80% of 256-word passages were cut by the encoder).
+    `prepend_title`: each passage is embedded and BM25-indexed as `title + " " + text` (the BEIR /
+    sentence-transformers convention); the stored passage text stays the document's own.
+    """
 
     mode: Literal["words", "tokens"] = "words"
     max_words: int = 256
@@ -124,6 +132,8 @@ class ChunkConfig:
     min_words: int = 32
     chunk_tokens: int = 64
     tokenizer: str = DEFAULT_TOKENIZER
+    max_tokens: int | Literal["auto"] | None = "auto"
+    prepend_title: bool = False
 
     def __post_init__(self):
         if self.mode not in ("words", "tokens"):
@@ -134,16 +144,38 @@ class ChunkConfig:
             raise ConfigError(f"--min-words must be in [0, --chunk-words={self.max_words}], got {self.min_words}")
         check_int(self.chunk_tokens, "--chunk-tokens", minimum=1)
         _check_str(self.tokenizer, "--tokenizer")
+        if self.max_tokens != "auto":
+            check_int(self.max_tokens, "--max-tokens", minimum=1, optional=True)
+        if not isinstance(self.prepend_title, bool):
+            raise ConfigError(f"prepend_title must be true or false, got {self.prepend_title!r}")
+        if self.prepend_title and self.mode == "tokens":
+            raise ConfigError("titles are prepended to word passages only; token mode (--chunk-tokens) keeps "
+                              "chunks as the LM reads them: drop the title prepending (--no-prepend-title)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ChunkConfig:
-        return _from_dict(cls, d)
+        """A saved config. One saved before `max_tokens`/`prepend_title` existed cut by words alone and
+        embedded the text alone, so those fields default to the old behaviour (None, False) here."""
+        return _from_dict(cls, {"max_tokens": None, "prepend_title": False, **d})
 
     def describe(self) -> dict[str, Any]:
         """The settings that matter for this mode (what the manifest records)."""
         if self.mode == "words":
-            return {"mode": "words", "max_words": self.max_words, "min_words": self.min_words}
+            return {"mode": "words", "max_words": self.max_words, "min_words": self.min_words,
+                    "max_tokens": self.max_tokens, "prepend_title": self.prepend_title}
         return {"mode": "tokens", "chunk_tokens": self.chunk_tokens, "tokenizer": self.tokenizer}
+
+
+def parse_max_tokens(text: str) -> int | str | None:
+    """--max-tokens: 'auto', 'none' or a positive integer."""
+    t = str(text).strip().lower()
+    if t in ("auto", "none"):
+        return None if t == "none" else "auto"
+    try:
+        n = int(t)
+    except ValueError:
+        raise ConfigError(f"--max-tokens must be auto, none or a positive integer, got {text!r}") from None
+    return check_int(n, "--max-tokens", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs")
     p.add_argument("--text-field", default=ReaderConfig.text_field)
     p.add_argument("--id-field", default=ReaderConfig.id_field)
+    p.add_argument("--title-field", metavar="F",
+                   help="document title field (default: the one the datastore was built with; whether titles "
+                        "are prepended for embedding is the datastore's own setting)")
     p.add_argument("--domain", action="append", default=[], metavar="D",
                    help="domain label: once for all inputs, or once per input")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"])
@@ -27,7 +30,9 @@ def run(args) -> int:
 
     with writing(args.datastore, args.wait) as ds:
         n, docs = len(ds), ds.n_documents
+        built = ds.manifest["build"]["plan"]["config"].get("reader", {})
         reader = ReaderConfig(text_field=args.text_field, id_field=args.id_field, domains=tuple(args.domain),
+                              title_field=args.title_field or built.get("title_field", ReaderConfig.title_field),
                               on_error=args.on_error)
         ds = add_documents(ds, args.inputs, reader, show_progress=args.progress)
     names = [c["name"] for c in list_indexes(ds)]

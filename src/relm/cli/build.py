@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ..config import DEFAULT_ENCODER, DEFAULT_TOKENIZER, BuildConfig, ChunkConfig, EncoderConfig, ReaderConfig
+from ..config import (
+    DEFAULT_ENCODER,
+    DEFAULT_TOKENIZER,
+    BuildConfig,
+    ChunkConfig,
+    EncoderConfig,
+    ReaderConfig,
+    parse_max_tokens,
+)
 from .common import HelpFormatter, add_progress_flags, add_wait_flag
 
 
@@ -21,7 +29,12 @@ def register(sub) -> None:
                        help="passage mode (MassiveDS): at most N whitespace words per passage")
     chunk.add_argument("--chunk-tokens", type=int, metavar="M", help="token mode (RETRO): chunks of M tokens")
     p.add_argument("--min-words", type=int, default=ChunkConfig.min_words,
-                   help="passage mode: a shorter tail is merged into the previous passage")
+                   help="passage mode: a shorter tail is merged into the previous passage (if it still fits "
+                        "--max-tokens)")
+    p.add_argument("--max-tokens", default="auto", metavar="auto|N|none",
+                   help="passage mode: at most this many encoder tokens per passage, title included, special "
+                        "tokens aside (auto: what the encoder reads, 254 for all-MiniLM-L6-v2; none: words "
+                        "alone, so longer passages are embedded truncated)")
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
                    help="token mode: 'smollm2', a local HF tokenizer directory or a .gguf file")
     p.add_argument("--encoder", default=DEFAULT_ENCODER,
@@ -36,7 +49,12 @@ def register(sub) -> None:
                    help="domain label: once for all inputs, or once per input (overrides the domain field)")
     p.add_argument("--text-field", default=ReaderConfig.text_field, help="JSONL/Parquet text field")
     p.add_argument("--id-field", default=ReaderConfig.id_field, help="document id field (else file:line)")
-    p.add_argument("--title-field", default=ReaderConfig.title_field)
+    p.add_argument("--title-field", metavar="F",
+                   help="document title field: stored, shown in hits, and prepended to every passage of the "
+                        "document for embedding and BM25 (`title + ' ' + text`, as BEIR does). Unset: the "
+                        f"'{ReaderConfig.title_field}' field is stored and shown only")
+    p.add_argument("--no-prepend-title", action="store_true",
+                   help="with --title-field: store and show the title but embed the passage text alone")
     p.add_argument("--domain-field", default=ReaderConfig.domain_field)
     p.add_argument("--timestamp-field", default=ReaderConfig.timestamp_field,
                    help="seconds since the epoch or ISO 8601")
@@ -56,12 +74,14 @@ def config_from_args(args) -> BuildConfig:
     if args.chunk_tokens is not None:
         chunk = ChunkConfig(mode="tokens", chunk_tokens=args.chunk_tokens, tokenizer=args.tokenizer)
     else:
-        chunk = ChunkConfig(mode="words", max_words=args.chunk_words, min_words=args.min_words)
+        chunk = ChunkConfig(mode="words", max_words=args.chunk_words, min_words=args.min_words,
+                            max_tokens=parse_max_tokens(args.max_tokens),
+                            prepend_title=args.title_field is not None and not args.no_prepend_title)
     return BuildConfig(
         reader=ReaderConfig(
             text_field=args.text_field,
             id_field=args.id_field,
-            title_field=args.title_field,
+            title_field=args.title_field or ReaderConfig.title_field,
             domain_field=args.domain_field,
             timestamp_field=args.timestamp_field,
             text_split=args.text_split,

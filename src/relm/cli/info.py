@@ -50,6 +50,11 @@ def run(args) -> int:
     if ds.manifest.get("deleted"):
         d = ds.manifest["deleted"]
         print(f"deleted     {d['documents']:,} documents ({d['passages']:,} passages); `relm compact` drops them")
+    if info["encoder_input"]:
+        e = info["encoder_input"]
+        print(f"truncated   {e['truncated']:,} of {e['passages']:,} passages embedded "
+              f"({e['truncated'] / max(e['passages'], 1):.1%}) were longer than the encoder's {e['max_length']} "
+              "tokens and cut")
     if info["stats"]:
         s = info["stats"]
         print(f"last build  {s['seconds'].get('total', 0):.1f}s, "

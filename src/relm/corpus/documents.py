@@ -33,6 +33,15 @@ class Document:
         }
 
 
+def with_title(title: str | None, text: str) -> str:
+    """What the encoder and BM25 see of a passage when titles are prepended: BEIR's
+    `(title + " " + text).strip()` (beir.retrieval.models.SentenceBERT.encode_corpus, sep " ").
+    A document without a title (None or blank) gives the passage text unchanged."""
+    if title is None or not title.strip():
+        return text
+    return (title + " " + text).strip()
+
+
 TIMESTAMP_FORMATS = ("epoch seconds (1600000000, -86400 for 1969-12-31, 1.6e9) "
                      "or ISO 8601 (2020-01-31, 2020-01-31T12:00:00Z, 2020-01-31T12:00:00+02:00)")
 _MINUS_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2012": "-"})  # typographic minus signs

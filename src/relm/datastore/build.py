@@ -42,7 +42,7 @@ from ..artifacts import (
 )
 from ..config import BuildConfig
 from ..corpus.chunking import chunk_tokens, chunk_words
-from ..corpus.documents import NO_TIMESTAMP, Document
+from ..corpus.documents import NO_TIMESTAMP, Document, with_title
 from ..corpus.readers import InputFile, ReadStats, read_documents, resolve_inputs
 from ..errors import DatastoreError, InputError
 from ..progress import progress
@@ -61,6 +61,7 @@ class ShardBuffer:
     index: int
     first_passage: int
     texts: list[str] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)  # what the encoder embeds (title prepended, if so)
     doc_index: list[int] = field(default_factory=list)
     tokens: list[np.ndarray] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -144,12 +145,16 @@ def build_in_parts(
             parts[rank] = Datastore.open(where)
         segments = _segments_in_input_order(files, parts, world_size)
         read = _merge_read_stats([parts[r].manifest["build"]["read"] for r in sorted(parts)])
-        manifest = assemble(out, segments, shard_size=config.shard_size, build={"plan": plan, "read": read},
+        build = {"plan": plan, "read": read}
+        counted = merge_encoder_input([parts[r].manifest["build"].get("encoder_input") for r in sorted(parts)])
+        if counted is not None:
+            build["encoder_input"] = counted
+        manifest = assemble(out, segments, shard_size=config.shard_size, build=build,
                             inputs=plan["inputs"], check_ids=True).to_json()
         c = manifest["counts"]
         total = max(time.perf_counter() - t_start, 1e-9)
         write_json_atomic(out / L.STATS, {"counts": c, "read": read, "seconds": {"total": round(total, 4)},
-                                          "parts": len(parts),
+                                          "encoder_input": counted, "parts": len(parts),
                                           "throughput": {"passages_per_s": c["passages"] / total}})
         write_json_atomic(out / L.MANIFEST, manifest)
         shutil.rmtree(out / L.STAGING)
@@ -344,6 +349,29 @@ class _Builder:
         self.resumed_shards = 0
         self.encoded_passages = 0
         self.tokens_seen = 0
+        self._passage_tokens: int | None | bool = False  # resolved on first use (needs the encoder)
+
+    @property
+    def encoder_tokens(self):
+        """The encoder's token counter (`EncoderTokens`), or None for an encoder without one."""
+        tokens = getattr(self.encoder, "tokens", None)
+        return tokens() if tokens is not None else None
+
+    @property
+    def passage_tokens(self) -> int | None:
+        """The token budget of a passage's encoder input (None: cut by words alone)."""
+        if self._passage_tokens is False:
+            from ..encoders.tokens import resolve_passage_tokens
+
+            c = self.config.chunk
+            if c.mode != "words" or c.max_tokens is None:
+                self._passage_tokens = None
+            else:
+                if c.max_tokens != "auto" and self.encoder_tokens is None:
+                    raise DatastoreError(f"--max-tokens {c.max_tokens}: encoder {self.config.encoder.model!r} has no "
+                                         "fast tokenizer to count tokens with; pass --max-tokens none")
+                self._passage_tokens = resolve_passage_tokens(c.max_tokens, self.encoder_tokens)
+        return self._passage_tokens
 
     # -- encoder (loaded only when a shard needs encoding) ----------------------------------
     @property
@@ -389,6 +417,8 @@ class _Builder:
                     shard.records.append(doc.record())
                     first = False
                 shard.texts.append(text)
+                if self.config.chunk.prepend_title:
+                    shard.inputs.append(with_title(doc.title, text))
                 shard.doc_index.append(n_docs)
                 shard.words += len(text.split())
                 if toks is not None:
@@ -414,6 +444,9 @@ class _Builder:
         self._write_stats(manifest)  # before the manifest: a finished datastore always has its stats
         write_json_atomic(self.out / L.MANIFEST, manifest)
         shutil.rmtree(self.staging)
+        warning = truncation_warning(manifest["build"].get("encoder_input"), self.config.chunk.max_tokens)
+        if warning:
+            log.warning("%s: %s", self.out, warning)
 
     def _show(self, bar, n_docs: int, shard: ShardBuffer, t_start: float) -> None:
         """Progress in input bytes (that gives the ETA), with passages/s and tokens/s so far."""
@@ -455,7 +488,18 @@ class _Builder:
     def _chunk(self, doc: Document) -> list[tuple[str, np.ndarray | None]]:
         c = self.config.chunk
         if c.mode == "words":
-            return [(doc.text[a:b], None) for a, b, _ in chunk_words(doc.text, c.max_words, c.min_words)]
+            budget = self.passage_tokens
+            if budget is None:
+                spans = chunk_words(doc.text, c.max_words, c.min_words)
+            else:
+                from ..encoders.tokens import text_budget_after_title
+
+                tokens = self.encoder_tokens
+                if c.prepend_title and doc.title and doc.title.strip():
+                    budget = text_budget_after_title(budget, int(tokens.count([doc.title])[0]))
+                spans = chunk_words(doc.text, c.max_words, c.min_words, word_tokens=tokens.word_tokens(doc.text),
+                                    max_tokens=budget)
+            return [(doc.text[a:b], None) for a, b, _ in spans]
         ids, offsets = self.tokenizer.encode(doc.text)
         if len(ids) == 0:
             return [(doc.text, np.zeros(0, dtype=self.tokenizer.id_dtype))]
@@ -477,7 +521,8 @@ class _Builder:
             "tokens": int(sum(len(t) for t in shard.tokens)),
         }
         if done.exists():
-            if read_json(done) != counts:
+            finished = read_json(done)
+            if {k: finished.get(k) for k in counts} != counts:
                 raise DatastoreError(
                     f"{sdir}: finished shard does not match the corpus as read now; "
                     "the inputs changed during the build: pass --overwrite to start over"
@@ -486,9 +531,16 @@ class _Builder:
             log.info("shard %d already built; skipping", shard.index)
             return
         encoder = self.encoder  # loaded (and timed as load_encoder) before the encode timer starts
+        inputs = shard.inputs if self.config.chunk.prepend_title else shard.texts
+        t0 = time.perf_counter()
+        tokens = self.encoder_tokens
+        if tokens is not None:  # how many inputs the encoder cuts: counted, not guessed
+            counts["truncated"] = tokens.truncated(inputs)
+            counts["max_length"] = tokens.max_length
+        self.timer.add("count_tokens", t0)
         t0 = time.perf_counter()
         vectors = encoder.encode(
-            shard.texts,
+            inputs,
             batch_size=self.config.batch_size,
             normalize=self.config.encoder.normalize,
             show_progress=bool(self.show_progress) if self.show_progress is not None else False,
@@ -566,10 +618,17 @@ class _Builder:
             shards.append({"file": L.embedding_shard(i), "start": start, "rows": c["passages"]})
             start += c["passages"]
         plan = read_json(self.staging / "plan.json")
+        chunker = self.config.chunk.describe()
+        if self.config.chunk.mode == "words":
+            chunker["passage_tokens"] = self.passage_tokens  # "auto" as resolved for this encoder
+        build = {"plan": plan, "read": self.read_stats.to_dict()}
+        if all("truncated" in c for c in counts):
+            build["encoder_input"] = {"max_length": counts[0]["max_length"], "passages": n,
+                                      "truncated": int(sum(c["truncated"] for c in counts))}
         return Manifest(
             kind="tokens" if self.tokenizer is not None else "passages",
             encoder=encoder,
-            chunker=self.config.chunk.describe(),
+            chunker=chunker,
             tokens=tokens,
             counts=Counts(
                 documents=n_docs,
@@ -583,7 +642,7 @@ class _Builder:
             shards=tuple(EmbeddingShard(**s) for s in shards),
             domains=tuple(domains),
             inputs=tuple(plan["inputs"]),
-            build={"plan": plan, "read": self.read_stats.to_dict()},
+            build=build,
         ).to_json()
 
     def _finalize_docs(self, dirs: list[Path], n_docs: int) -> list[dict[str, Any]]:
@@ -626,6 +685,7 @@ class _Builder:
             "counts": c,
             "read": m["build"]["read"],
             "seconds": sec,
+            "encoder_input": m["build"].get("encoder_input"),
             "resumed_shards": self.resumed_shards,
             "encoded_passages": self.encoded_passages,
             "throughput": {
@@ -641,6 +701,30 @@ class _Builder:
             "built %s: %d documents, %d passages, %d words in %.1fs (%.1f passages/s)",
             self.out, c["documents"], c["passages"], c["words"], total, c["passages"] / total,
         )
+
+
+TRUNCATION_WARN_FRACTION = 0.02  # warn when more passages than this are cut by the encoder
+
+
+def truncation_warning(encoder_input: dict[str, Any] | None, max_tokens) -> str | None:
+    """One line when more than 2% of the passages' encoder inputs exceed the encoder's length, else None."""
+    if not encoder_input or not encoder_input["passages"]:
+        return None
+    n, cut = encoder_input["passages"], encoder_input["truncated"]
+    if cut <= TRUNCATION_WARN_FRACTION * n:
+        return None
+    fix = ("rebuild with --max-tokens auto (the default) to cut passages that fit" if max_tokens is None
+           else "lower --max-tokens (or --chunk-words)")
+    return (f"{cut:,} of {n:,} passages ({cut / n:.1%}) are longer than the encoder's "
+            f"{encoder_input['max_length']} tokens and embedded truncated; {fix}")
+
+
+def merge_encoder_input(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The encoder-input counts of datastores built in parts (None when any part was not counted)."""
+    if not parts or any(p is None for p in parts):
+        return None
+    return {"max_length": parts[0]["max_length"], "passages": sum(p["passages"] for p in parts),
+            "truncated": sum(p["truncated"] for p in parts)}
 
 
 def _record_line(rec: dict[str, Any]) -> bytes:

@@ -253,6 +253,32 @@ class Datastore:
     def passages(self, ids: Sequence[int]) -> list[str]:
         return [self.passage(int(i)) for i in ids]
 
+    @property
+    def prepends_title(self) -> bool:
+        """True when passages were embedded (and are BM25-indexed) with their document's title prepended."""
+        return bool((self.manifest.get("chunker") or {}).get("prepend_title", False))
+
+    def passage_input_texts(self, ids: Sequence[int]) -> list[str]:
+        """What the encoder embedded for passages `ids` (and what BM25 indexes): the stored text, with
+        the document's title prepended (`corpus.documents.with_title`) when the datastore records that.
+        The one place that re-derives encoder input from the store (BM25 builds and updates use it)."""
+        texts = self.passages(ids)
+        if not self.prepends_title:
+            return texts
+        from ..corpus.documents import with_title
+
+        titles: dict[int, str | None] = {}
+        out = []
+        for i, text in zip(ids, texts, strict=True):
+            j = int(self.doc_index[int(i)])
+            if j not in titles:
+                titles[j] = self.document(j)["title"]
+            out.append(with_title(titles[j], text))
+        return out
+
+    def passage_input_text(self, i: int) -> str:
+        return self.passage_input_texts([i])[0]
+
     def document(self, j: int) -> dict[str, Any]:
         """The record of document j: id, domain, title, timestamp, source, metadata."""
         if not 0 <= j < self.n_documents:
@@ -411,5 +437,23 @@ class Datastore:
             "generation": self.generation,
             "revision": self.revision,
             "deleted": m.get("deleted"),
+            "encoder_input": encoder_input_counts(m),
         }
 
+
+
+def encoder_input_counts(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Passages embedded and how many of them the encoder cut, over the build and every add since
+    (as encoded: a compaction does not recount). None when the build did not count (an older relm, or
+    an encoder without a tokenizer)."""
+    counted = (manifest.get("build") or {}).get("encoder_input")
+    if counted is None:
+        return None
+    out = dict(counted)
+    for op in manifest.get("updates") or []:
+        if op.get("op") == "add":
+            if op.get("encoder_input") is None:
+                return None
+            out["passages"] += op["encoder_input"]["passages"]
+            out["truncated"] += op["encoder_input"]["truncated"]
+    return out

@@ -224,8 +224,11 @@ def _merge(ds, new) -> dict[str, Any]:
         _link_or_copy(new.root / s["file"], stage / rel)  # a link: new/ stays intact for a retry, at no cost
         shards.append({"file": rel, "start": n + s["start"], "rows": s["rows"]})
 
-    manifest = _bump(m, {"op": "add", "inputs": [i["path"] for i in nm["inputs"]],
-                         "documents": new.n_documents, "passages": len(new)}, new_generation=True)
+    op = {"op": "add", "inputs": [i["path"] for i in nm["inputs"]], "documents": new.n_documents,
+          "passages": len(new)}
+    if nm["build"].get("encoder_input") is not None:
+        op["encoder_input"] = nm["build"]["encoder_input"]
+    manifest = _bump(m, op, new_generation=True)
     c, nc = dict(m["counts"]), nm["counts"]
     c.update(
         documents=c["documents"] + nc["documents"],

@@ -26,3 +26,6 @@ class Encoder(Protocol):
     def identity(self) -> dict[str, Any]:
         """What a datastore records to refuse queries from a different encoder."""
         ...
+
+    # Optional: `tokens() -> relm.encoders.tokens.EncoderTokens | None`, the encoder's tokenizer for
+    # counting (passage token budgets, truncation counts). An encoder without it is not counted.

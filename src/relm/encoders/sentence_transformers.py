@@ -100,6 +100,17 @@ class SentenceTransformerEncoder:
         )
         return np.asarray(out, dtype=np.float32)
 
+    def tokens(self):
+        """`EncoderTokens` over this model's fast tokenizer (None when it has none to count with)."""
+        if not hasattr(self, "_tokens"):
+            from .tokens import EncoderTokens
+
+            tok = getattr(self.model, "tokenizer", None)
+            backend = getattr(tok, "backend_tokenizer", None)
+            self._tokens = None if backend is None else EncoderTokens(
+                backend, int(self.model.max_seq_length), tok.num_special_tokens_to_add(pair=False))
+        return self._tokens
+
     def fingerprint(self) -> str:
         if self._path is not None:
             return directory_fingerprint(self._path)

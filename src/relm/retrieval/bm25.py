@@ -157,7 +157,7 @@ def _tokenize_passages(ds, tokenizer: Tokenizer, show_progress: bool | None, sta
     corpus_ids = [] if corpus_ids is None else corpus_ids
     with progress(total=n - start, desc="bm25 tokenize", unit="passage", enabled=show_progress) as bar:
         for first in range(start, n, BLOCK_PASSAGES):
-            texts = ds.passages(range(first, min(first + BLOCK_PASSAGES, n)))
+            texts = ds.passage_input_texts(range(first, min(first + BLOCK_PASSAGES, n)))  # titles, if embedded
             corpus_ids.extend(tokenizer.streaming_tokenize(texts, update_vocab=True, allow_empty=False))
             bar.update(len(texts))
     return corpus_ids
