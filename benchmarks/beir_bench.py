@@ -11,7 +11,8 @@ wordpieces). On each datastore, all through `relm.Retriever`:
   bm25-tuned       k1, b chosen on the train split
   hybrid-*         rrf, interpolate and hierarchical fusion, each with its settings (rrf_k or alpha,
                    candidates, BM25 k1/b) chosen on the train split, never the test queries
-  ann-<preset>     each faiss preset (`relm index --factory P --tune --target-recall 0.95`)
+  ann-<preset>     each faiss preset tuned to recall@100 0.95 against exact search on the train queries
+                   (`relm index --factory P --tune --target-recall 0.95 --tune-k 100 --queries train`)
 
 Passage hits (k=100) become document runs by MaxP (`relm.eval.retrieval.doc_run`), scored by ir-measures.
 "best hybrid" is the fusion with the best *train* nDCG@10; it is compared with exact and BM25 query by
@@ -110,8 +111,12 @@ def ensure_bm25(ds: Path, k1: float, b: float) -> str:
     return ensure_index(ds, bm25_name(k1, b), ["--bm25", "--k1", str(k1), "--b", str(b)])
 
 
-def ensure_ann(ds: Path, preset: str) -> str:
-    return ensure_index(ds, f"ann-{preset}", ["--factory", preset, "--tune", "--target-recall", "0.95"])
+def ensure_ann(ds: Path, preset: str, tune_queries: Path | None) -> str:
+    """A faiss preset tuned to recall@100 0.95 against exact search, on queries that are not the test
+    queries (SciFact's train split; None: the datastore's own passages, relm's fallback)."""
+    extra = ["--queries", str(tune_queries)] if tune_queries else []
+    return ensure_index(ds, f"ann-{preset}", ["--factory", preset, "--tune", "--target-recall", "0.95",
+                                              "--tune-k", str(K), *extra])
 
 
 # -- queries, runs and scores --------------------------------------------------------------------------
@@ -199,7 +204,7 @@ def hybrid_config(t: dict[str, Any]):
                            candidates=t["candidates"], **extra)
 
 
-def retrievers(ds_path: Path, tuned: dict[str, Any], presets) -> dict[str, Any]:
+def retrievers(ds_path: Path, tuned: dict[str, Any], presets, tune_queries: Path | None) -> dict[str, Any]:
     from relm.retrieval.options import RetrieverConfig
 
     out = {"exact": RetrieverConfig("exact"),
@@ -210,7 +215,7 @@ def retrievers(ds_path: Path, tuned: dict[str, Any], presets) -> dict[str, Any]:
     for fusion, t in tuned["best"].items():
         out[f"hybrid-{fusion}"] = hybrid_config(t)
     for p in presets:
-        out[f"ann-{p}"] = RetrieverConfig("ann", index=ensure_ann(ds_path, p))
+        out[f"ann-{p}"] = RetrieverConfig("ann", index=ensure_ann(ds_path, p, tune_queries))
     return out
 
 
@@ -224,7 +229,7 @@ def scifact(variant: str, work: Path, presets, repeats: int, metrics) -> dict[st
     ds_path = ensure_datastore(work / f"scifact-{variant}", SCIFACT / "corpus.jsonl.gz", VARIANTS[variant])
     ds = Datastore.open(ds_path)
     tuned = tune_hybrid(ds, ds_path, metrics)
-    configs = retrievers(ds_path, tuned, presets)
+    configs = retrievers(ds_path, tuned, presets, SCIFACT / "train-queries.jsonl")
     ds = ds.reopen_if_changed()
     qids, texts, qrels = judged_queries(SCIFACT / "queries.jsonl", SCIFACT / "qrels.tsv")
     rows, per_query = {}, {}
@@ -255,7 +260,7 @@ def squad(work: Path, tuned: dict[str, Any], presets, n_queries: int, repeats: i
     for k1, b in {(1.5, 0.75), (tuned["bm25"]["k1"], tuned["bm25"]["b"]),
                   *((t["k1"], t["b"]) for t in tuned["best"].values())}:
         ensure_bm25(ds_path, k1, b)
-    configs = retrievers(ds_path, tuned, presets)
+    configs = retrievers(ds_path, tuned, presets, None)  # SQuAD has no train split here: tuned on its passages
     ds = Datastore.open(ds_path)
     answers = {}
     with open(SQUAD / "answers.jsonl", encoding="utf-8") as f:
