@@ -112,7 +112,7 @@ class HashEncoder:
     name = "hash-32"
     dim = 32
 
-    def encode(self, texts, *, batch_size=64, normalize=True, show_progress=False):
+    def encode(self, texts, *, batch_size=64, normalize=True, show_progress=False, truncate="right"):
         from relm.retrieval.synthetic import hash_vectors
 
         return hash_vectors(texts, self.dim, normalize=normalize)

@@ -64,3 +64,25 @@ def test_unknown_encoder_fails_offline_with_a_clear_error(tmp_path):
     f.write_bytes(b"0")
     with pytest.raises(ConfigError, match="directory"):
         load_encoder(str(f))
+
+
+def test_left_truncation_keeps_the_end_of_a_long_text(encoder):
+    """A text longer than max_seq_length encodes, with truncate="left", to the embedding of its last
+    tokens (and with the default right truncation to that of its first tokens)."""
+    tok = encoder.model.tokenizer
+    head_words = "apple river cloud stone green music".split()
+    tail_words = "table house light water night paper".split()
+    assert all(len(tok.tokenize(w)) == 1 for w in head_words + tail_words)  # one wordpiece per word
+    n = int(encoder.model.max_seq_length) - 2  # content tokens besides [CLS] and [SEP]
+    rng = np.random.default_rng(0)
+    words = list(rng.choice(head_words, 300)) + list(rng.choice(tail_words, 300))
+    long, short = " ".join(words), "a short query"
+    left = encoder.encode([long, short], truncate="left")
+    right = encoder.encode([long, short])
+    np.testing.assert_allclose(left[0], encoder.encode([" ".join(words[-n:])])[0], atol=1e-5)
+    np.testing.assert_allclose(right[0], encoder.encode([" ".join(words[:n])])[0], atol=1e-5)
+    assert float(left[0] @ right[0]) < 0.9  # the two ends are different text
+    np.testing.assert_allclose(left[1], right[1], atol=1e-6)  # a text that fits is not cut either way
+    assert tok.truncation_side == "right"  # the tokenizer's own setting is restored
+    with pytest.raises(ConfigError, match="truncate must be one of"):
+        encoder.encode([short], truncate="middle")

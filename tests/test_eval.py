@@ -160,6 +160,35 @@ def test_window_longer_than_context(ds, tiny_lm):
         Evaluator(ds, tiny_lm, windows=WindowConfig(window=1024))
 
 
+def test_eval_queries_keep_their_end_by_default(ds, tiny_lm, eval_sets, monkeypatch):
+    """Eval queries (the window's context) are left-truncated to the encoder by default: the encoder is
+    asked for truncate="left" and the summary's retriever config says so; "right" is still available."""
+    from relm.retrieval.options import RetrieverConfig
+
+    from conftest import HashEncoder
+
+    seen = []
+
+    class Recording(HashEncoder):
+        def encode(self, texts, *, truncate="right", **kw):
+            seen.append(truncate)
+            return super().encode(texts, truncate=truncate, **kw)
+
+    monkeypatch.setattr(ds, "_encoder", Recording())
+    variants = [Variant("massiveds", k=2), Variant("last-q", k=2, query="last", query_tokens=8)]
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48))
+    summary = ev.run(eval_sets, variants).summary()
+    assert seen and set(seen) == {"left"}
+    assert summary["settings"]["retriever"]["query_truncation"] == "left"
+    seen.clear()
+    old = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48), query_truncation="right")
+    assert old.run(eval_sets, variants).summary()["settings"]["retriever"]["query_truncation"] == "right"
+    assert seen and set(seen) == {"right"}
+    with pytest.raises(ConfigError, match="query_truncation"):
+        Evaluator(ds, tiny_lm, query_truncation="middle")
+    assert RetrieverConfig().query_truncation == "right"  # relm search keeps the encoder's own behaviour
+
+
 # -- CLI ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def hash_queries(monkeypatch):
@@ -195,6 +224,7 @@ def test_cli_eval_writes_summary_windows_table_plot(ds, tiny_lm_dir, tmp_path, h
     assert "| overall | massiveds |" in printed and "bits/byte" in printed
     assert "Δ ppl vs massiveds" in printed and "| overall | ralm |" in printed
     assert summary["reference"] == "massiveds" and "vs_reference" in summary["overall"]["ralm"]
+    assert summary["settings"]["retriever"]["query_truncation"] == "left"  # the eval default
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from relm.quickstart import held_out, module_text, python_docs_corpus, split_corpus
+from relm.quickstart import (
+    corpus_fingerprint,
+    held_out,
+    module_text,
+    python_docs_corpus,
+    python_docs_records,
+    split_corpus,
+)
 
 from conftest import corpus_records, write_jsonl
 
@@ -16,6 +23,32 @@ def test_python_docs_corpus_is_bundled_text():
     assert len({d["id"] for d in docs}) == len(docs) and all(d["text"].strip() for d in docs)
     assert sum(len(d["text"].split()) for d in docs) > 50_000
     assert "json.loads(" in module_text("json") and module_text("no_such_module_xyz") is None
+
+
+def test_python_docs_records_do_not_depend_on_this_process(monkeypatch):
+    """The corpus comes from a fresh isolated interpreter: what this process imported or patched (torch
+    replaces inspect.getfile; every logging handler shows in logging.shutdown's default) and memory
+    addresses (different in every process) leave it unchanged."""
+    import inspect
+    import logging
+
+    from relm.pydocs import without_addresses
+
+    assert without_addresses("f(x=<object object at 0x7f3a1b2c>, g=<function g at 0xABC>)") == \
+        "f(x=<object object>, g=<function g>)"
+    first = python_docs_records()
+    monkeypatch.setattr(inspect, "getfile", lambda obj: "patched")  # no longer counted as part of inspect
+    handler = logging.StreamHandler()
+    logging.getLogger("relm-test-extra").addHandler(handler)
+    try:
+        again = python_docs_records()
+    finally:
+        logging.getLogger("relm-test-extra").removeHandler(handler)
+    assert corpus_fingerprint(again) == corpus_fingerprint(first) and again == first
+    texts = {r["id"]: r["text"] for r in first}
+    assert "inspect.getfile(object) (function)" in texts["module/inspect"]
+    assert not any(" at 0x" in t for t in texts.values())  # e.g. dataclasses.field(default=<..._MISSING_TYPE object>)
+    assert "<dataclasses._MISSING_TYPE object>" in texts["module/dataclasses"]
 
 
 def test_heldout_split_is_stable_and_disjoint(tmp_path):
@@ -40,7 +73,9 @@ def test_quickstart_on_a_user_corpus(tmp_path, tiny_lm_dir, capsys):
     assert code == 0
     data = json.loads((out / "quickstart.json").read_text())
     assert data["counts"]["heldout_documents"] > 0 and data["passages"] > 0
-    assert set(data["summary"]["overall"]) == {"none", "massiveds", "last-q"}
+    assert set(data["summary"]["overall"]) == {"none", "massiveds"}  # the default: the headline only
+    assert data["summary"]["settings"]["retriever"]["query_truncation"] == "left"
+    assert len(data["corpus"]["sha256"]) == 16 and data["corpus"]["python"] and data["words"] > 0
     assert data["answers"][0]["question"] == "whale ship?" and len(data["answers"][0]["passages"]) == 2
     assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out

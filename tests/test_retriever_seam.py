@@ -169,7 +169,7 @@ def test_every_kind_through_the_evaluator(ds, tiny_lm, config):
         build_sharded_index(ds, "sh", ShardConfig(by="kmeans", n_shards=3, factory="Flat"), overwrite=True)
     variants = [Variant("massiveds", k=2), Variant("last-q", k=2, query="last", query_tokens=8, retriever="exact")]
     res = Evaluator(Retriever(ds, config), tiny_lm, windows=WindowConfig(window=48)).run([("s", docs(2))], variants)
-    assert res.settings["retriever"] == config.to_dict()
+    assert res.settings["retriever"] == config.to_dict() | {"query_truncation": "left"}  # eval queries keep their end
     exact = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48)).run([("s", docs(2))], variants)
     # a variant naming a kind searches with that kind, whatever the Evaluator's retriever
     assert res.runs["last-q"].passages == exact.runs["last-q"].passages
@@ -192,7 +192,7 @@ def test_cli_eval_takes_every_retriever_kind_and_saves_its_config(ds, tiny_lm_di
                  "--retriever", "bm25", "--index", "bm", "--variants", "massiveds,hybrid", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     config = RetrieverConfig.from_dict(summary["settings"]["retriever"])
-    assert config == RetrieverConfig("bm25", bm25_index="bm")
+    assert config == RetrieverConfig("bm25", bm25_index="bm", query_truncation="left")
     assert summary["variants"]["hybrid"]["retriever"] == "hybrid" and summary["variants"]["massiveds"]["retriever"] is None
     capsys.readouterr()
     assert main(["eval", str(ds.root), str(evalf), "--lm", str(tiny_lm_dir), "--retriever", "sharded"]) == 2

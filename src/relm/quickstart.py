@@ -1,7 +1,8 @@
 """`relm quickstart`: the whole loop on documentation that ships inside Python itself, offline.
 
 1. corpus: the `pydoc_data` topics (the language reference sections `help("with")` shows) and the
-   docstrings of common standard-library modules, one JSONL document per topic / module;
+   docstrings of common standard-library modules, one JSONL document per topic / module, read by a
+   fresh isolated interpreter (`relm.pydocs`) so that one Python build always gives the same corpus;
    `--corpus PATH` uses the user's files instead;
 2. hold out 10% of the documents (by a hash of their id) for evaluation;
 3. build a datastore of the rest with the default encoder;
@@ -12,26 +13,20 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import json
 import logging
+import platform
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .pydocs import module_text, python_docs_corpus  # noqa: F401 (the in-process reader, re-exported)
 
 log = logging.getLogger(__name__)
-
-STDLIB_MODULES = (
-    "abc argparse array asyncio base64 bisect collections contextlib copy csv dataclasses datetime decimal "
-    "enum fnmatch fractions functools glob gzip hashlib heapq inspect io itertools json logging math "
-    "operator os pathlib pickle random re shutil socket sqlite3 statistics string struct subprocess "
-    "tempfile textwrap threading time typing unittest urllib.parse uuid zipfile"
-).split()
 
 QUESTIONS = (
     "How do I read a JSON file into a Python dictionary?",
@@ -40,45 +35,33 @@ QUESTIONS = (
 )
 
 
-def python_docs_corpus() -> Iterator[dict[str, Any]]:
-    """Documents from Python's own documentation: pydoc topics, then stdlib module docstrings."""
-    from pydoc_data.topics import topics
+def python_docs_records(timeout: float = 300) -> list[dict[str, Any]]:
+    """The Python-docs corpus as read by a fresh interpreter of this Python (`python -I -S`: no site
+    packages, no environment, nothing imported but the standard library), so that it does not depend on
+    what this process imported (see `relm.pydocs`)."""
+    from . import pydocs
 
-    for name in sorted(topics):
-        text = topics[name].strip()
-        if text:
-            yield {"id": f"topic/{name}", "title": name, "domain": "pydoc-topics", "text": text}
-    for mod_name in STDLIB_MODULES:
-        text = module_text(mod_name)
-        if text:
-            yield {"id": f"module/{mod_name}", "title": mod_name, "domain": "stdlib-docstrings", "text": text}
-
-
-def module_text(name: str) -> str | None:
-    """A module's docstring followed by each public class and function with its signature and docstring."""
     try:
-        mod = importlib.import_module(name)
-    except ImportError:
-        return None
-    parts = [f"Module {name}\n\n{inspect.getdoc(mod) or ''}".strip()]
-    for attr in sorted(getattr(mod, "__all__", None) or dir(mod)):
-        if attr.startswith("_"):
-            continue
-        obj = getattr(mod, attr, None)
-        if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
-            continue
-        if getattr(obj, "__module__", name) not in (name, f"_{name}", None) and not name.startswith("os"):
-            continue
-        doc = inspect.getdoc(obj)
-        if not doc:
-            continue
-        try:
-            sig = str(inspect.signature(obj))
-        except (TypeError, ValueError):
-            sig = ""
-        kind = "class" if inspect.isclass(obj) else "function"
-        parts.append(f"{name}.{attr}{sig} ({kind})\n{doc}")
-    return "\n\n".join(parts) if len(parts) > 1 or len(parts[0]) > 200 else None
+        proc = subprocess.run([sys.executable, "-I", "-S", pydocs.__file__], capture_output=True, text=True,
+                              encoding="utf-8", timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ConfigError(f"cannot read Python's documentation with {sys.executable} ({e}); "
+                          "pass your own files with --corpus") from e
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"reading Python's documentation failed ({last}); pass your own files with --corpus")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def corpus_fingerprint(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's numbers depend on besides the code and the models: the corpus (sha256 of its records
+    in order) and the Python that produced it (its bundled docs change with the version and platform)."""
+    h = hashlib.sha256()
+    for r in records:
+        h.update(json.dumps(r, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return {"sha256": h.hexdigest()[:16], "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "platform": sys.platform}
 
 
 def held_out(doc_id: str, fraction: float = 0.1) -> bool:

@@ -50,6 +50,9 @@ def add_eval_arguments(p, *, rename: dict[str, str] | None = None) -> None:
     r.add_argument("--query-tokens", type=int, default=32, help="q: tokens in a last-q / ralm query")
     r.add_argument("--ralm-stride", type=int, default=32, help="ralm: retrieve every s tokens")
     r.add_argument("--rerank-candidates", type=int, default=8, help="rerank: candidates the LM reorders")
+    r.add_argument("--query-truncation", default="left", choices=["left", "right"],
+                   help="a query longer than the encoder reads keeps its end (left: the tokens next to the "
+                   "scored text) or its start (right: the encoder's default, as in relm search)")
     add_retriever_arguments(p, rename={"batch_size": "--query-batch-size", **(rename or {})})
     f = p.add_argument_group("filters on retrieved passages")
     f.add_argument("--no-decontaminate", dest="decontaminate", action="store_false",
@@ -113,7 +116,7 @@ def make_evaluator(args, variants=None):
             retriever.with_kind(v.retriever)  # and so does a variant's (e.g. hybrid's BM25 index)
     lm = load_lm(lm_config)
     return Evaluator(retriever, lm, windows=windows, filters=filters, max_context=args.max_context,
-                     batch_size=args.batch_size, show_progress=args.progress)
+                     batch_size=args.batch_size, show_progress=args.progress, query_truncation=args.query_truncation)
 
 
 def variants_from(args):

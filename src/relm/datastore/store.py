@@ -365,10 +365,13 @@ class Datastore:
             self._encoder = enc
         return self._encoder
 
-    def encode_queries(self, queries: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Query texts embedded with this datastore's encoder: float32 (nq, dim)."""
+    def encode_queries(self, queries: str | Sequence[str], batch_size: int = 64, truncate: str = "right") -> np.ndarray:
+        """Query texts embedded with this datastore's encoder: float32 (nq, dim). A query longer than the
+        encoder reads keeps its start (`truncate="right"`) or its end ("left")."""
+        # "right" is every encoder's own behaviour: not passed, so encoders without the option still work
+        extra = {} if truncate == "right" else {"truncate": truncate}
         return self.encoder().encode(
-            check_queries(queries), batch_size=batch_size, normalize=self.manifest["encoder"]["normalize"]
+            check_queries(queries), batch_size=batch_size, normalize=self.manifest["encoder"]["normalize"], **extra
         )
 
     def search_vectors(

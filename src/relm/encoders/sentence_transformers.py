@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 from ..artifacts import directory_fingerprint
 from ..config import EncoderConfig
 from ..errors import ConfigError
+from .base import TRUNCATE_SIDES
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,8 @@ class SentenceTransformerEncoder:
         self.dim = int(get_dim())
         self.pooling = _pooling_mode(self.model)
         self._path = path
+        # the truncation side is tokenizer state, read when a batch is tokenized: one encode at a time
+        self._lock = threading.Lock()
 
     def encode(
         self,
@@ -87,17 +92,21 @@ class SentenceTransformerEncoder:
         batch_size: int = 64,
         normalize: bool = True,
         show_progress: bool = False,
+        truncate: str = "right",
     ) -> np.ndarray:
+        if truncate not in TRUNCATE_SIDES:
+            raise ConfigError(f"truncate must be one of {TRUNCATE_SIDES}, got {truncate!r}")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         # sentence-transformers sorts by length for batching and restores the input order
-        out = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            normalize_embeddings=normalize,
-            show_progress_bar=show_progress,
-            convert_to_numpy=True,
-        )
+        with self._lock, _truncation_side(self.model.tokenizer, truncate):
+            out = self.model.encode(
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=normalize,
+                show_progress_bar=show_progress,
+                convert_to_numpy=True,
+            )
         return np.asarray(out, dtype=np.float32)
 
     def tokens(self):
@@ -132,6 +141,26 @@ class SentenceTransformerEncoder:
             "max_seq_length": int(self.model.max_seq_length),
             "fingerprint": self.fingerprint(),
         }
+
+
+@contextmanager
+def _truncation_side(tokenizer, side: str):
+    """The HF tokenizer's `truncation_side` set to `side` for the duration (sentence-transformers
+    tokenizes with truncation to max_seq_length and reads the side from the tokenizer; a per-call
+    `truncation_side` in `encode(processing_kwargs=...)` is ignored (checked with sentence-transformers
+    6.2, transformers 5.24), so the attribute is the one knob that works in every version)."""
+    old = getattr(tokenizer, "truncation_side", None)
+    if old is None:
+        if side != "right":
+            raise ConfigError(f"this encoder's tokenizer ({type(tokenizer).__name__}) has no truncation side; "
+                              "use right truncation")
+        yield
+        return
+    tokenizer.truncation_side = side
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = old
 
 
 def _pooling_mode(model) -> str:

@@ -153,11 +153,20 @@ class Evaluator:
     """Evaluates an LM on windows of eval text, without and with retrieval from a datastore."""
 
     def __init__(self, retriever, lm, *, windows: WindowConfig = WindowConfig(), filters: PassageFilter = PassageFilter(),
-                 max_context: int | None = None, batch_size: int | None = None, show_progress: bool | None = None):
-        """`retriever`: a `Retriever`, or a `Datastore` to search exactly."""
+                 max_context: int | None = None, batch_size: int | None = None, show_progress: bool | None = None,
+                 query_truncation: str = "left"):
+        """`retriever`: a `Retriever`, or a `Datastore` to search exactly. `query_truncation`: a query
+        longer than the encoder reads (a whole-context query is ~2x all-MiniLM-L6-v2's 256 wordpieces)
+        keeps its end, next to the scored text ("left"), or its start ("right", the encoder's default);
+        it replaces the retriever config's own (recorded in the settings' retriever config)."""
+        from dataclasses import replace
+
         from ..retrieval.retriever import Retriever
 
-        self.retriever = retriever if isinstance(retriever, Retriever) else Retriever(retriever)
+        retriever = retriever if isinstance(retriever, Retriever) else Retriever(retriever)
+        if retriever.config.query_truncation != query_truncation:
+            retriever = Retriever(retriever.ds, replace(retriever.config, query_truncation=query_truncation))
+        self.retriever = retriever
         self._retrievers = {self.retriever.kind: self.retriever}
         self.lm = lm
         self.window_config, self.filters = windows, filters

@@ -7,7 +7,8 @@
 Both are frozen dataclasses, checked when built, rebuilt from JSON with `from_dict` and hashable:
 `SearchOptions` (less its threshold and adaptive k, which act on the cached run) is the result cache's key
 and the request schema of a search service. Every `RetrieverConfig` field is a flag of `relm search`,
-`relm eval` and `relm scale` (see `FLAGS` and `relm.cli.search.add_retriever_arguments`).
+`relm eval` and `relm scale` (see `FLAGS` and `relm.cli.search.add_retriever_arguments`), except
+`query_truncation`, which only `relm eval`/`relm scale` set (`--query-truncation`, default left).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..config import check_float, check_int
+from ..encoders.base import TRUNCATE_SIDES
 from ..errors import ConfigError
 from .indexes import check_k
 
@@ -220,7 +222,10 @@ class RetrieverConfig:
     `bm25_index` the BM25 index (for bm25, `index` is taken as the BM25 index when `bm25_index` is unset).
     Knobs: hybrid `fusion` (rrf, interpolate, hierarchical), `candidates` per run, interpolation `alpha`,
     `rrf_k`; ANN `nprobe`, `ef_search`, `refine_factor` (None: the index's tuned values); sharded
-    `probe_shards`; query encoding `batch_size`; `cache_bytes` of results (0: no cache)."""
+    `probe_shards`; query encoding `batch_size` and `query_truncation` (a query longer than the encoder
+    reads keeps its start, "right", the encoder's own behaviour and `relm search`'s, or its end, "left":
+    what `relm eval` uses, since an eval query is the text before the scored tokens); `cache_bytes` of
+    results (0: no cache)."""
 
     kind: str = "exact"
     index: str | None = None
@@ -235,10 +240,14 @@ class RetrieverConfig:
     probe_shards: int | None = None
     batch_size: int = 64
     cache_bytes: int = 0
+    query_truncation: str = "right"
 
     def __post_init__(self):
         if self.kind not in RETRIEVERS:
             raise ConfigError(f"unknown retriever {self.kind!r}; choose from {list(RETRIEVERS)}")
+        if self.query_truncation not in TRUNCATE_SIDES:
+            raise ConfigError(f"query_truncation (--query-truncation) must be one of {list(TRUNCATE_SIDES)}, "
+                              f"got {self.query_truncation!r}")
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; choose from {list(FUSIONS)}")
         for name in ("index", "bm25_index"):

@@ -59,7 +59,7 @@ MASK_CACHE = 8  # filter masks kept per revision: n_passages bytes each (1 GB at
 
 class _Exact:
     def __init__(self, ds, config: RetrieverConfig):
-        self.ds, self.batch_size = ds, config.batch_size
+        self.ds, self.batch_size, self.truncate = ds, config.batch_size, config.query_truncation
 
     def info(self) -> dict[str, Any]:
         return {}
@@ -68,7 +68,7 @@ class _Exact:
         return self.ds.search_vectors(vectors, k, allowed)
 
     def search_texts(self, texts: list[str], k: int, allowed) -> Run:
-        return self.search_vectors(self.ds.encode_queries(texts, self.batch_size), k, allowed)
+        return self.search_vectors(self.ds.encode_queries(texts, self.batch_size, self.truncate), k, allowed)
 
 
 class _Ann(_Exact):
@@ -132,7 +132,7 @@ class _Hybrid:
         check_hybrid_k(k, c)
         n = c.candidates  # never k: the fused list is one function of the candidates, -k takes its prefix
         sparse = self.sparse.search_texts(texts, n, allowed)
-        vectors = self.ds.encode_queries(texts, c.batch_size)
+        vectors = self.ds.encode_queries(texts, c.batch_size, c.query_truncation)
         if c.fusion == "hierarchical":
             return rescore(vectors, sparse[1], self.ds.embeddings, k)
         dense = self.dense.search_vectors(vectors, n, allowed)
