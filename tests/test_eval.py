@@ -13,6 +13,7 @@ from relm.eval.evaluate import Evaluator
 from relm.eval.filters import PassageFilter
 from relm.eval.variants import Variant, k_from_query_loss, parse_variants, prepend, ralm_blocks
 from relm.eval.windows import WindowConfig, make_windows, pack_streams
+from relm.lm import ScoreRequest
 from test_lm import reference_logprobs
 
 from conftest import build_hash_datastore, make_text
@@ -272,3 +273,34 @@ def test_ralm_merges_blocks_with_the_same_passages(ds, tiny_lm, eval_sets):
     c0 = run.passages[2][0]
     one = reference_logprobs(tiny_lm, np.concatenate([ev.passage_ids(c0), w.ids[:28]]), 4)
     np.testing.assert_allclose(lp[:4], one, rtol=1e-5, atol=1e-5)
+
+
+def test_ralm_stale_queries_and_online_k(ds, tiny_lm, eval_sets, monkeypatch):
+    """ralm-stale queries with the tokens one stride back (after each window's first block); ralm-adaptive
+    decides k per block from the no-retrieval NLL before it: thresholds no NLL reaches give k = 0 (the
+    no-retrieval scores), thresholds every NLL exceeds give the fixed-k ralm scores."""
+    from relm.generation.adaptive import AdaptiveK
+
+    ev = Evaluator(ds, tiny_lm, windows=WindowConfig(window=48))
+    windows = ev.windows(eval_sets)[:3]
+    seen = []
+    real = ev._query_text
+    monkeypatch.setattr(ev, "_query_text", lambda ids, v: seen.append(len(ids)) or real(ids, v))
+    table = parse_variants("ralm,ralm-stale", k=1, query_tokens=8, stride=8)
+    full = ev.score([ScoreRequest(w.ids, len(w.ids) - 1) for w in windows])
+    ev._run_ralm(table[0], windows, 0.0, full)
+    fresh = list(seen)
+    seen.clear()
+    ev._run_ralm(table[1], windows, 0.0, full)
+    assert seen[0] == fresh[0] and all(s == f - 8 for s, f in zip(seen[1:3], fresh[1:3]))
+    online = parse_variants("ralm-adaptive", k=1, query_tokens=8, stride=8, online=AdaptiveK((1e9,)))[0]
+    none = ev._run_ralm(online, windows, 0.0, full)
+    assert none.seconds["retrievals"] == 0 and none.k.tolist() == [0.0] * 3
+    for lp, w, f in zip(none.logprobs, windows, full, strict=True):
+        np.testing.assert_allclose(lp, f[-w.n_target:], atol=1e-6)
+    always = parse_variants("ralm-adaptive", k=1, query_tokens=8, stride=8, online=AdaptiveK((-1e9,)))[0]
+    a, b = ev._run_ralm(always, windows, 0.0, full), ev._run_ralm(table[0], windows, 0.0, full)
+    for x, y in zip(a.logprobs, b.logprobs, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    with pytest.raises(ConfigError, match="--adaptive-k"):
+        parse_variants("ralm-adaptive")

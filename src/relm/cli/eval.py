@@ -45,11 +45,15 @@ def add_eval_arguments(p, *, rename: dict[str, str] | None = None) -> None:
     w.add_argument("--max-windows", type=int, help="at most N windows per eval stream (evenly spaced)")
     r = p.add_argument_group("retrieval")
     r.add_argument("--variants", default="massiveds",
-                   help="comma list of: massiveds, last-q, hybrid, rerank, adaptive, ralm")
+                   help="comma list of: massiveds, last-q, hybrid, rerank, adaptive, ralm, ralm-stale (queries "
+                   "one stride old, as generation's prefetch), ralm-adaptive (k per block online; --adaptive-k)")
     r.add_argument("-k", type=int, default=3, help="passages per window")
     r.add_argument("--query-tokens", type=int, default=32, help="q: tokens in a last-q / ralm query")
     r.add_argument("--ralm-stride", type=int, default=32, help="ralm: retrieve every s tokens")
     r.add_argument("--rerank-candidates", type=int, default=8, help="rerank: candidates the LM reorders")
+    r.add_argument("--adaptive-k", metavar="FILE",
+                   help="ralm-adaptive: thresholds from `relm generate DS --calibrate-adaptive HELD_OUT -o FILE` "
+                   "(calibrate on other text than the eval set)")
     r.add_argument("--query-truncation", default="left", choices=["left", "right"],
                    help="a query longer than the encoder reads keeps its end (left: the tokens next to the "
                    "scored text) or its start (right: the encoder's default, as in relm search)")
@@ -121,9 +125,11 @@ def make_evaluator(args, variants=None):
 
 def variants_from(args):
     from ..eval.variants import parse_variants
+    from ..generation.adaptive import AdaptiveK
 
+    online = AdaptiveK.load(args.adaptive_k) if getattr(args, "adaptive_k", None) else None
     return parse_variants(args.variants, k=args.k, query_tokens=args.query_tokens, stride=args.ralm_stride,
-                          rerank=args.rerank_candidates)
+                          rerank=args.rerank_candidates, online=online)
 
 
 def table_notes(summary) -> str:

@@ -234,7 +234,7 @@ class Evaluator:
     def run_variant(self, v: Variant, windows: list[Window], full: list[np.ndarray]) -> VariantRun:
         t0 = time.perf_counter()
         if v.protocol == "ralm":
-            return self._run_ralm(v, windows, t0)
+            return self._run_ralm(v, windows, t0, full)
         queries = [self._query_text(w.context_ids, v) for w in windows]
         scored = [self.lm.decode(w.target_ids) for w in windows]
         chosen, filtered = self.retrieve(v, queries, scored, v.k)
@@ -268,30 +268,63 @@ class Evaluator:
             out[i] = lp
         return out  # type: ignore[return-value]
 
-    def _run_ralm(self, v: Variant, windows: list[Window], t0: float) -> VariantRun:
-        """In-Context RALM: per block of `stride` scored tokens, a passage retrieved with the last q tokens."""
+    def _run_ralm(self, v: Variant, windows: list[Window], t0: float,
+                  full: list[np.ndarray] | None = None) -> VariantRun:
+        """In-Context RALM: per block of `stride` scored tokens, a passage retrieved with the last q tokens
+        (or, `stale`, those before them); with `online` thresholds each block's k comes from the no-retrieval
+        NLL of the tokens before it, and a block with k = 0 is not retrieved for: it keeps the passages of the
+        block before (none for a window's first block), as `relm generate --adaptive-k` keeps its context."""
         blocks = [(i, a, b) for i, w in enumerate(windows)
                   for a, b in ralm_blocks(len(w.ids) - w.n_target, w.n_target, v.stride)]
-        queries = [self._query_text(windows[i].ids[:a], v) for i, a, _ in blocks]
-        scored = [self.lm.decode(windows[i].target_ids) for i, _, _ in blocks]
-        chosen, filtered = self.retrieve(v, queries, scored, v.k)
+        firsts = {i: a for i, a, _ in reversed(blocks)}
+        ks = [self._online_k(v, windows[i], full[i], a) if full is not None else v.k for i, a, _ in blocks]
+        wanted = [n for n, k in enumerate(ks) if k > 0]
+        queries = [self._query_text(windows[i].ids[:a if a == firsts[i] else max(a - v.stale, 1)], v)
+                   for i, a, _ in (blocks[n] for n in wanted)]
+        scored = [self.lm.decode(windows[blocks[n][0]].target_ids) for n in wanted]
+        found, filtered = self.retrieve(v, queries, scored, v.k) if wanted else ([], Counter())
+        chosen: list[list[int]] = [[] for _ in blocks]
+        for n, c in zip(wanted, found, strict=True):
+            chosen[n] = c[: ks[n]]
+        for n, (i, a, _) in enumerate(blocks):  # k = 0 keeps the passages in context (as generation does)
+            if ks[n] == 0 and a != firsts[i]:
+                chosen[n] = chosen[n - 1]
         t1 = time.perf_counter()
         # consecutive blocks of a window that retrieved the same passages share their whole input up to
-        # the later block, so one causal pass scores them together, with the same numbers
+        # the later block, so one causal pass scores them together, with the same numbers; a block without
+        # passages is read off the no-retrieval pass
         runs = merge_blocks(blocks, chosen)
+        with_passages = [r for r in runs if r[3] or full is None]
         reqs = [ScoreRequest(prepend([self.passage_ids(p) for p in c], windows[i].ids[:b], self.limit), b - a)
-                for i, a, b, c in runs]
-        parts = self.score(reqs)
+                for i, a, b, c in with_passages]
+        scored_parts = iter(self.score(reqs))
         lps: list[list[np.ndarray]] = [[] for _ in windows]
         used: list[list[int]] = [[] for _ in windows]
         for (i, _, _), c in zip(blocks, chosen, strict=True):
             used[i].extend(c)
-        for (i, _, _, _), lp in zip(runs, parts, strict=True):
-            lps[i].append(lp)
+        for i, a, b, c in runs:
+            if c or full is None:
+                lps[i].append(next(scored_parts))
+            else:
+                n = len(windows[i].ids)
+                lps[i].append(full[i][len(full[i]) - (n - a): len(full[i]) - (n - b)])
         n_blocks = np.bincount([i for i, _, _ in blocks], minlength=len(windows))
         t2 = time.perf_counter()
         return VariantRun(v, [np.concatenate(x) for x in lps], np.array([len(u) for u in used]) / n_blocks, used,
-                          filtered, {"retrieve": t1 - t0, "rerank": 0.0, "score": t2 - t1})
+                          filtered, {"retrieve": t1 - t0, "rerank": 0.0, "score": t2 - t1,
+                                     "retrievals": float(len(wanted)), "blocks": float(len(blocks))})
+
+    def _online_k(self, v: Variant, w: Window, lp: np.ndarray, a: int) -> int:
+        """k for the block starting at window position a: v.k, or with online thresholds the count of them
+        below the no-retrieval mean NLL of the `online_span` tokens before a (`lp` scored the window's last
+        len(lp) tokens)."""
+        if not v.online:
+            return v.k
+        from ..generation.adaptive import k_from_nll
+
+        end = len(lp) - (len(w.ids) - a)  # lp index of token a
+        span = lp[max(end - v.online_span, 0): end]
+        return min(k_from_nll(float(-span.mean()), v.online), v.k) if len(span) else v.k
 
     # -- retrieval -----------------------------------------------------------------------------------
     def _query_text(self, context_ids: np.ndarray, v: Variant) -> str:

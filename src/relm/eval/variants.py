@@ -12,6 +12,11 @@
   log-probability of the last q context tokens given the passage and the context before them.
 - adaptive: the number of passages per window follows the LM's loss on its query (`k_from_query_loss`;
   not the retriever's score-gap `AdaptiveK`).
+- ralm stale s: each block after a window's first is retrieved with the query of the tokens s positions
+  earlier, as `relm generate --mode prefetch` does (stale by up to one stride).
+- ralm online thresholds: each block decides its own k online, from the LM's mean NLL (no retrieval) on
+  the `online_span` tokens before it against calibrated thresholds (`relm.generation.adaptive`), as
+  `relm generate --adaptive-k` does; k = 0 skips the block's retrieval and keeps the passages before.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class Variant:
     rerank: int = 0
     adaptive: bool = False
     stride: int = 32  # ralm only
+    stale: int = 0  # ralm only: queries taken this many tokens before each block after the first
+    online: tuple[float, ...] = ()  # ralm only: adaptive-k thresholds (nats), k per block decided online
+    online_span: int = 10
 
     def __post_init__(self):
         for field, value, choices in (("protocol", self.protocol, PROTOCOLS), ("query", self.query, QUERIES),
@@ -52,6 +60,11 @@ class Variant:
             check_int(getattr(self, field), f"variant {self.name!r}: {field} ({flag})", minimum=minimum)
         if not isinstance(self.adaptive, bool):
             raise ConfigError(f"variant {self.name!r}: adaptive must be true or false, got {self.adaptive!r}")
+        check_int(self.stale, f"variant {self.name!r}: stale", minimum=0)
+        check_int(self.online_span, f"variant {self.name!r}: online_span", minimum=1)
+        object.__setattr__(self, "online", tuple(float(x) for x in self.online))
+        if (self.stale or self.online) and self.protocol != "ralm":
+            raise ConfigError(f"variant {self.name!r}: stale queries and online k apply to the ralm protocol")
         if self.rerank and self.rerank < self.k:
             raise ConfigError(f"variant {self.name!r}: rerank must be 0 (off) or ≥ k = {self.k}")
 
@@ -59,17 +72,26 @@ class Variant:
         return asdict(self)
 
 
-def standard_variants(k: int = 3, query_tokens: int = 32, stride: int = 32, rerank: int = 8) -> dict[str, Variant]:
-    """The named variants of `relm eval --variants`, sharing k, q, s and the rerank depth."""
+def standard_variants(k: int = 3, query_tokens: int = 32, stride: int = 32, rerank: int = 8,
+                      online=None) -> dict[str, Variant]:
+    """The named variants of `relm eval --variants`, sharing k, q, s and the rerank depth; `online` (a
+    `relm.generation.adaptive.AdaptiveK`) adds ralm-adaptive."""
     check_int(rerank, "--rerank-candidates", minimum=1)
     base = Variant("massiveds", k=k, query_tokens=query_tokens, stride=stride)
+    ralm = replace(base, name="ralm", protocol="ralm", k=1, query="last")
+    extra = {}
+    if online is not None:
+        extra["ralm-adaptive"] = replace(ralm, name="ralm-adaptive", k=online.k_max, online=online.thresholds,
+                                         online_span=online.span)
     return {
         "massiveds": base,
         "last-q": replace(base, name="last-q", query="last"),
         "hybrid": replace(base, name="hybrid", retriever="hybrid"),
         "rerank": replace(base, name="rerank", query="last", rerank=max(rerank, k)),
         "adaptive": replace(base, name="adaptive", adaptive=True),
-        "ralm": replace(base, name="ralm", protocol="ralm", k=1, query="last"),
+        "ralm": ralm,
+        "ralm-stale": replace(ralm, name="ralm-stale", stale=stride),
+        **extra,
     }
 
 
@@ -77,6 +99,9 @@ def parse_variants(names: str, **shared) -> list[Variant]:
     table = standard_variants(**shared)
     out = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
+        if name == "ralm-adaptive" and name not in table:
+            raise ConfigError("variant ralm-adaptive needs its thresholds: --adaptive-k FILE (make one with "
+                              "`relm generate DS --calibrate-adaptive HELD_OUT -o FILE`)")
         if name not in table:
             raise ConfigError(f"unknown variant {name!r}; choose from {', '.join(table)}")
         out.append(table[name])
