@@ -301,7 +301,7 @@ def table(report: dict[str, Any]) -> str:
             r = report["squad"]["results"].get(n)
             line += f" {r['answer_in_top5']:.3f} |" if r else " |"
         lines.append(line)
-    for key, (source, nd, rc) in PUBLISHED.items():
+    for source, nd, rc in PUBLISHED.values():
         lines.append(f"| published: {source} | {nd:.4f} / {rc:.4f} |" + " |" * (len(variants) - 1)
                      + (" |" if report.get("squad") else ""))
     lines.append("")

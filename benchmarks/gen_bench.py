@@ -99,7 +99,7 @@ def run_one(lm, retriever, prompt: str, config) -> dict[str, Any]:
 
 def agreement(a: list[int], b: list[int]) -> float:
     """The share of b's positions where a has the same token before the first difference."""
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return n / max(len(b), 1)
 
 
@@ -114,10 +114,10 @@ def summarize(rows: list[dict[str, Any]], naive: list[dict[str, Any]], prefetch:
                                                                             for r in rows), 1),
            "prefilled_tokens": med("prefilled_tokens"), "reused_tokens": med("reused_tokens")}
     if naive:
-        out["speedup_vs_naive"] = statistics.median(n["seconds"] / r["seconds"] for r, n in zip(rows, naive))
-        out["identical_to_naive"] = sum(r["tokens"] == n["tokens"] for r, n in zip(rows, naive)) / len(rows)
+        out["speedup_vs_naive"] = statistics.median(n["seconds"] / r["seconds"] for r, n in zip(rows, naive, strict=True))
+        out["identical_to_naive"] = sum(r["tokens"] == n["tokens"] for r, n in zip(rows, naive, strict=True)) / len(rows)
         out["token_agreement_with_naive"] = statistics.mean(agreement(r["tokens"], n["tokens"])
-                                                            for r, n in zip(rows, naive))
+                                                            for r, n in zip(rows, naive, strict=True))
     if prefetch and any(r["retrieval_s"] for r in rows):  # the share of retrieval time not waited for
         out["retrieval_hidden"] = 1 - sum(r["retrieval_wait_s"] for r in rows) / sum(r["retrieval_s"] for r in rows)
     return out
@@ -129,7 +129,7 @@ def exact_bound(naive: list[dict[str, Any]], exact: list[dict[str, Any]]) -> flo
     from the earlier inputs exact keeps (its `prefilled_tokens`), decode the same
     tokens and retrieve as often."""
     ratios = []
-    for n, e in zip(naive, exact):
+    for n, e in zip(naive, exact, strict=True):
         saved = n["prefill_s"] * (1 - e["prefilled_tokens"] / max(n["prefilled_tokens"], 1))
         ratios.append(n["seconds"] / (n["seconds"] - saved))
     return statistics.median(ratios)

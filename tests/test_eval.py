@@ -292,7 +292,7 @@ def test_ralm_stale_queries_and_online_k(ds, tiny_lm, eval_sets, monkeypatch):
     fresh = list(seen)
     seen.clear()
     ev._run_ralm(table[1], windows, 0.0, full)
-    assert seen[0] == fresh[0] and all(s == f - 8 for s, f in zip(seen[1:3], fresh[1:3]))
+    assert seen[0] == fresh[0] and all(s == f - 8 for s, f in zip(seen[1:3], fresh[1:3], strict=True))
     online = parse_variants("ralm-adaptive", k=1, query_tokens=8, stride=8, online=AdaptiveK((1e9,)))[0]
     none = ev._run_ralm(online, windows, 0.0, full)
     assert none.seconds["retrievals"] == 0 and none.k.tolist() == [0.0] * 3

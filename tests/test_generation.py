@@ -212,7 +212,7 @@ def test_citations_cover_the_tokens_each_passage_set_was_in_context_for(tiny_lm,
                stop_at_eos=False)[-1]
     spans = [(c["start"], c["end"]) for c in done.citations]
     assert spans[0][0] == 0 and spans[-1][1] == 17
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no gaps
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))  # contiguous, no gaps
     assert done.counts["retrievals"] == 4 and len(done.citations) == 1 + done.counts["changed_sets"]
 
 
@@ -280,9 +280,8 @@ def test_relm_generate_bad_flags_are_one_line(argv, message, tiny_lm_dir, hash_r
 
 @pytest.mark.parametrize("fusion,temperature", [("retro", 0.0), ("relm", 0.0)])
 def test_retro_models_generate_through_the_same_stream(fusion, temperature):
-    from test_retro_model import M, V, make_retrieve, tiny_config, trained_like
-
     from relm.retro.lm import RetroLM
+    from test_retro_model import M, V, make_retrieve, tiny_config, trained_like
 
     class IdTokenizer:  # token ids written as words
         eos_id = None

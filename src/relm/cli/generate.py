@@ -79,11 +79,10 @@ def run(args) -> int:
     from ..corpus.queries import read_queries
     from ..datastore import Datastore
     from ..generation import DoneEvent, RetrievalEvent, TokenEvent, event_dict, generate_stream
+    from ..generation.adaptive import AdaptiveK
     from ..lm import LMConfig, load_lm
     from ..retrieval.retriever import Retriever
     from ..retro.lm import is_retro_run, load_retro_lm
-
-    from ..generation.adaptive import AdaptiveK
 
     if args.calibrate_adaptive:
         return calibrate_adaptive(args)

@@ -32,8 +32,6 @@ from .adaptive import token_nll
 from .config import DoneEvent, GenerationConfig, RetrievalEvent, TokenEvent
 from .text import TextStream
 
-SEPARATOR = "\n\n"  # after each prepended passage, as relm eval scores them
-
 
 class PrefixStates:
     """The most recent LM states (at most `size`, least recently used dropped). `prefill(ids)` starts from
@@ -45,7 +43,7 @@ class PrefixStates:
         self.reused = 0  # tokens not prefilled thanks to a kept state
 
     def prefill(self, ids: np.ndarray, live: LMState | None) -> LMState:
-        pool = [s for s in ([live] if live is not None else []) + self.states]
+        pool = ([live] if live is not None else []) + self.states
         best = max(pool, key=lambda s: common_prefix(s.ids, ids), default=None)
         shared = min(common_prefix(best.ids, ids), len(ids) - 1) if best is not None else 0
         state = self.lm.prefill(ids, reuse=best if shared > 0 else None, copy=True)
@@ -58,9 +56,8 @@ class PrefixStates:
 class _Retrieval:
     """The retriever calls of one generation: passage texts and LM ids cached, timings counted."""
 
-    def __init__(self, lm, retriever, config: GenerationConfig, search_options):
-        self.lm, self.retriever, self.config = lm, retriever, config
-        self.opts = search_options
+    def __init__(self, lm, retriever, search_options):
+        self.lm, self.retriever, self.opts = lm, retriever, search_options
         self.ids_of: dict[int, np.ndarray] = {}
         self.seconds = 0.0
         self.lock = threading.Lock()
@@ -75,12 +72,14 @@ class _Retrieval:
         return tuple(i for i, _ in keep), tuple(s for _, s in keep), texts
 
     def passage_ids(self, pid: int, text: str) -> np.ndarray:
+        from ..eval.evaluate import SEPARATOR  # the layout relm eval scores
+
         if pid not in self.ids_of:
             self.ids_of[pid] = self.lm.encode(text + SEPARATOR)[0]
         return self.ids_of[pid]
 
 
-def _search_options(retriever, config: GenerationConfig, options):
+def _search_options(config: GenerationConfig, options):
     from ..retrieval.options import SearchOptions
 
     if isinstance(options, dict):
@@ -107,7 +106,7 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
         raise ConfigError(f"the prompt is {len(prompt_ids):,} tokens; {lm.name}'s context is {limit:,}: "
                           "shorten it")
     use_retrieval = retriever is not None and config.retrieval
-    retrieve = _Retrieval(lm, retriever, config, _search_options(retriever, config, search_options)) \
+    retrieve = _Retrieval(lm, retriever, _search_options(config, search_options)) \
         if use_retrieval else None
     rng = np.random.default_rng(config.seed)
     stream = TextStream(lm.decode, config.stop)
@@ -164,8 +163,7 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
                         timing["decode"] += time.perf_counter() - t0
                     k_now = -1
             if retrieve is not None and t % config.retrieve_every == 0 and k_now != -1:
-                event = _next_retrieval(retrieve, config, t, context, query_for, pool, pending, timing)
-                found, pending = event
+                found, pending = _next_retrieval(retrieve, config, t, context, query_for, pool, pending, timing)
                 ids, scores, found_texts, query, stale, differs = found
                 if k_now is not None:
                     ids, scores, found_texts = ids[:k_now], scores[:k_now], found_texts[:k_now]
