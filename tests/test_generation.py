@@ -225,6 +225,41 @@ def test_stop_string_ends_the_text(tiny_lm):
     assert free.text.startswith(done.text)
 
 
+def test_a_template_puts_the_passages_where_it_says(tiny_lm, hash_retriever):
+    from relm.generation.config import render_prompt
+
+    template = "Excerpts:\n{passages}\nQ: {prompt}\nA:"
+    assert render_prompt(template, "why?", ["a  b", "c"]) == "Excerpts:\n[1] a b\n\n[2] c\nQ: why?\nA:"
+    prompt = make_text(4, 10)
+    kw = dict(max_new_tokens=9, k=2, retrieve_every=4, stop_at_eos=False, template=template)
+    naive = run(tiny_lm, hash_retriever, prompt, mode="naive", **kw)
+    exact = run(tiny_lm, hash_retriever, prompt, mode="exact", **kw)
+    assert exact[-1].token_ids == naive[-1].token_ids
+    first = next(e for e in naive if isinstance(e, RetrievalEvent))
+    assert first.query == prompt  # the question, not the template, is the first query
+    # the reference: the rendered template with the first passages, then the new tokens, greedy
+    ids = list(tiny_lm.encode(render_prompt(template, prompt, first.texts))[0])
+    for _ in range(4):
+        ids.append(int(np.argmax(full_logits(tiny_lm, ids))))
+    assert list(naive[-1].token_ids[:4]) == ids[-4:]
+    for bad in ("no fields", "{prompt} {other}", "{passages} only", "{prompt"):
+        with pytest.raises(ConfigError, match="template"):
+            GenerationConfig(template=bad)
+
+
+def test_chat_text_falls_back_to_the_prompt_without_a_template():
+    from relm.lm.base import chat_text
+
+    class Chat:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"<user>{messages[0]['content']}</user><assistant>"
+
+    assert chat_text(type("LM", (), {"tokenizer": Chat()})(), "hi") == "<user>hi</user><assistant>"
+    assert chat_text(type("LM", (), {"tokenizer": object()})(), "hi") == "hi"
+
+
 def test_bad_input(tiny_lm, hash_retriever):
     with pytest.raises(ConfigError, match="prompt is empty"):
         list(generate_stream(tiny_lm, hash_retriever, "  "))
@@ -261,12 +296,19 @@ def test_relm_generate_streams_then_cites(tiny_lm_dir, hash_retriever, capsys, t
     assert main(["generate", ds, "--prompts", str(prompts), "-o", str(tmp_path / "out.jsonl"), *common]) == 0
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["1", "2"] and all(len(r["retrievals"]) == 3 for r in rows)
+    template = tmp_path / "qa.txt"
+    template.write_text("Excerpts:\n{passages}\nQuestion: {prompt}\nAnswer:")
+    assert main(["generate", ds, make_text(3, 12), *common, "--template", str(template), "--chat", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["query"] == make_text(3, 12) and events[-1]["counts"]["new_tokens"] == 12
     assert main(["generate", ds, make_text(3, 12), *common, "--no-retrieval", "--json"]) == 0
     assert all(json.loads(line)["type"] != "retrieval" for line in capsys.readouterr().out.splitlines())
 
 
 @pytest.mark.parametrize("argv, message", [
     (["-k", "0"], "k (-k)"), (["--retrieve-every", "0"], "retrieve_every"), (["--top-p", "3"], "top_p"),
+    (["--template", "missing.txt"], "--template 'missing.txt': no such file"),
+    (["--template", "{prompt} {x}"], "template (--template) must contain"),
 ])
 def test_relm_generate_bad_flags_are_one_line(argv, message, tiny_lm_dir, hash_retriever, capsys):
     from relm.cli import main

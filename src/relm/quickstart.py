@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import ConfigError
 from .pydocs import module_text, python_docs_corpus  # noqa: F401 (the in-process reader, re-exported)
 
@@ -111,27 +113,33 @@ class Answer:
     passages: list[dict[str, Any]] = field(default_factory=list)
 
 
-def rag_prompt(question: str, passages: list[str]) -> str:
-    context = "\n\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
-    return f"Use the documentation excerpts to answer.\n\n{context}\n\nQuestion: {question}"
+QA_TEMPLATE = "Use the documentation excerpts to answer.\n\n{passages}\n\nQuestion: {prompt}"
 
 
-def answer_questions(retriever, lm, questions, *, k: int = 2, max_new_tokens: int = 80, passage_words: int = 150):
-    """Each question answered by the LM alone and with the top-k passages a `Retriever` finds in its
-    prompt (greedy)."""
-    from .retrieval.options import SearchOptions
+def answer_questions(retriever, lm, questions, *, k: int = 2, max_new_tokens: int = 80) -> list[Answer]:
+    """Each question answered greedily by the LM alone and with the top-k passages the retriever finds for
+    it (one retrieval, `QA_TEMPLATE`, as a chat turn), both through `generate_stream`."""
+    from .generation import DoneEvent, GenerationConfig, RetrievalEvent, generate_stream
+
+    def run(q: str, with_retrieval: bool) -> tuple[str, RetrievalEvent | None]:
+        config = GenerationConfig(max_new_tokens=max_new_tokens, k=k, retrieve_every=max_new_tokens,
+                                  retrieval=with_retrieval, template=QA_TEMPLATE if with_retrieval else None,
+                                  chat=True)
+        found = text = None
+        for event in generate_stream(lm, retriever, q, config):
+            if isinstance(event, RetrievalEvent):
+                found = event
+            elif isinstance(event, DoneEvent):
+                text = event.text.strip()
+        return text, found
 
     out = []
-    hits_all = retriever.search(list(questions), SearchOptions(k=k))
-    for q, hits in zip(questions, hits_all, strict=True):
-        texts = [" ".join(h.text.split()[:passage_words]) for h in hits]
-        out.append(Answer(
-            q,
-            lm.generate(q, max_new_tokens=max_new_tokens, chat=True),
-            lm.generate(rag_prompt(q, texts), max_new_tokens=max_new_tokens, chat=True),
-            [{"id": h.passage_id, "doc": h.doc_id, "score": round(float(h.score), 4), "text": t}
-             for h, t in zip(hits, texts, strict=True)],
-        ))
+    for q in questions:
+        without, _ = run(q, False)
+        answer, found = run(q, True)
+        hits = retriever.ds.hits(np.asarray(found.scores), np.asarray(found.passage_ids))
+        out.append(Answer(q, without, answer, [{"id": h.passage_id, "doc": h.doc_id, "score": round(h.score, 4),
+                                                "text": h.text} for h in hits]))
     return out
 
 

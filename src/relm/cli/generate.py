@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..errors import ConfigError
 from .common import HelpFormatter
@@ -35,6 +36,12 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", default=[], metavar="STR", help="stop before this text (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep generating after the end-of-text token")
+    g.add_argument("--template", metavar="TEXT|FILE",
+                   help="a prompt around the retrieved passages: {passages} (numbered, best first) and {prompt}, "
+                        "e.g. 'Answer from these excerpts.\\n\\n{passages}\\n\\nQuestion: {prompt}' (a file path "
+                        "is read); default: passages prepended to the text, best last")
+    g.add_argument("--chat", action="store_true",
+                   help="send the prompt (or rendered template) as a user turn of the LM's chat template")
     r = p.add_argument_group("retrieval during generation")
     r.add_argument("-k", type=int, default=2, help="passages in context")
     r.add_argument("--retrieve-every", type=int, default=10, help="new tokens between retrievals")
@@ -65,7 +72,19 @@ def generation_config(args, adaptive=None):
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, stop=tuple(args.stop), stop_at_eos=not args.ignore_eos, retrieval=not args.no_retrieval,
         k=args.k, retrieve_every=args.retrieve_every, query_tokens=args.query_tokens, threshold=args.threshold,
-        mode=args.mode, adaptive=adaptive)
+        mode=args.mode, adaptive=adaptive, template=read_template(args.template), chat=args.chat)
+
+
+def read_template(value: str | None) -> str | None:
+    """--template: the contents of a file of that name, or the text itself (with \\n read as a newline)."""
+    if value is None:
+        return None
+    if "{" not in value:
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"--template {value!r}: no such file, and not a template with {{prompt}}")
+        return path.read_text(encoding="utf-8")
+    return value.replace("\\n", "\n")
 
 
 def filters(args):

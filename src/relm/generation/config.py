@@ -22,7 +22,9 @@ class GenerationConfig:
     the query (the whole prompt for the first), `k` passages prepended best-last (MassiveDS / In-Context
     RALM), hits below `threshold` dropped. With `adaptive` (an `AdaptiveK` of calibrated thresholds), each
     retrieval after the first takes k from the LM's mean NLL on the tokens since the last one (at most
-    `k`); k = 0 skips that retrieval and its re-prefill. Modes:
+    `k`); k = 0 skips that retrieval and its re-prefill. With a `template` (instructions, a question) the
+    passages go where it says instead, numbered best first (`render_prompt`), and `chat` wraps the result
+    as one user turn for an instruction-tuned LM; the new tokens follow it. Modes:
 
     - naive: the reference loop: at each retrieval rebuild the whole input and prefill it from scratch.
     - exact: the same tokens as naive, faster: an input is prefilled only from where it differs from a
@@ -48,6 +50,8 @@ class GenerationConfig:
     prefix_cache: int = 4
     check_staleness: bool = False  # prefetch: also run the fresh query, to count how often the sets differ
     adaptive: AdaptiveK | None = None  # choose k per retrieval from the recent tokens' NLL (at most k)
+    template: str | None = None  # a prompt with {passages} and {prompt} (see `render_prompt`); None: prepend
+    chat: bool = False  # wrap the prompt (rendered template) as one user turn of the LM's chat template
 
     def __post_init__(self):
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731  (normalising a frozen dataclass)
@@ -68,6 +72,8 @@ class GenerationConfig:
             if not isinstance(self.adaptive, dict):
                 raise ConfigError(f"adaptive must be an AdaptiveK or its dict, got {self.adaptive!r}")
             set_("adaptive", AdaptiveK(**{**self.adaptive, "thresholds": tuple(self.adaptive["thresholds"])}))
+        if self.template is not None:
+            check_template(self.template)
         if self.mode not in MODES:
             raise ConfigError(f"mode (--mode) {self.mode!r}: choose from {list(MODES)}")
 
@@ -77,6 +83,27 @@ class GenerationConfig:
         if self.adaptive is not None:
             d["adaptive"]["thresholds"] = list(self.adaptive.thresholds)
         return d
+
+
+def check_template(template: str) -> str:
+    """A prompt template: a string with a {prompt} field and at most one {passages} field, nothing else."""
+    import string
+
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"template (--template): {e}; write literal braces as {{{{ and }}}}") from None
+    unknown = sorted(set(names) - {"passages", "prompt"})
+    if unknown or "prompt" not in names:
+        raise ConfigError(f"template (--template) must contain {{prompt}} and may contain {{passages}}, "
+                          f"nothing else; it has {sorted(set(names))}")
+    return template
+
+
+def render_prompt(template: str, prompt: str, passages: tuple[str, ...] | list[str]) -> str:
+    """The template with the passages numbered best first ("[1] text", blank lines between) and the prompt."""
+    listed = "\n\n".join(f"[{i + 1}] {' '.join(t.split())}" for i, t in enumerate(passages))
+    return template.format(passages=listed, prompt=prompt)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Every `retrieve_every` new tokens the retriever is asked for k passages with the
 tokens as the query (the prompt, for the first), and the LM's input becomes those passages, best last,
 then the context (prompt + new tokens), left-truncated to the LM's window (`relm.eval.variants.prepend`,
 the layout `relm eval` scores). Between retrievals each new token is one KV-cached step. The input is also
-rebuilt, with the same passages, when the context outgrows the window.
+rebuilt, with the same passages, when the context outgrows the window. With a `template` (and/or `chat`)
+the input is instead the rendered template (the passages numbered where it says, the prompt) followed by
+the new tokens: the layout of a question answered from retrieved passages.
 
 The three modes (see `GenerationConfig`) differ only in how an input is prefilled and when retrieval runs:
 naive prefills every rebuilt input from scratch; exact prefills it from the longest prefix it shares with
@@ -26,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..lm.base import LMState, common_prefix
+from ..lm.base import LMState, chat_text, common_prefix
 from ..lm.sampling import sample_next
 from .adaptive import token_nll
-from .config import DoneEvent, GenerationConfig, RetrievalEvent, TokenEvent
+from .config import DoneEvent, GenerationConfig, RetrievalEvent, TokenEvent, render_prompt
 from .text import TextStream
 
 
@@ -100,7 +102,12 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
     config = config or GenerationConfig()
     if not isinstance(prompt, str) or not prompt.strip():
         raise ConfigError("the prompt is empty; give some text to continue")
-    prompt_ids = lm.encode(prompt)[0]
+    def head(texts: tuple[str, ...]) -> str:  # what precedes the new tokens, with a template
+        text = render_prompt(config.template, prompt, texts) if config.template else prompt
+        return chat_text(lm, text) if config.chat else text
+
+    templated = config.template is not None or config.chat
+    prompt_ids = lm.encode(head(()))[0]
     limit = lm.context_length
     if len(prompt_ids) >= limit:
         raise ConfigError(f"the prompt is {len(prompt_ids):,} tokens; {lm.name}'s context is {limit:,}: "
@@ -134,8 +141,11 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
     def rebuild() -> LMState:
         """Prefill the input of the current passages + context (the naive loop's input)."""
         nonlocal state
-        ids = prepend([retrieve.passage_ids(p, t) for p, t in zip(passages, texts, strict=True)]
-                      if retrieve else [], np.asarray(context[-(limit - 1):], dtype=np.int64), limit - 1)
+        if templated:  # the template around these passages, then the new tokens
+            ids = np.concatenate([lm.encode(head(texts))[0], np.asarray(new, dtype=np.int64)])[-(limit - 1):]
+        else:
+            ids = prepend([retrieve.passage_ids(p, t) for p, t in zip(passages, texts, strict=True)]
+                          if retrieve else [], np.asarray(context[-(limit - 1):], dtype=np.int64), limit - 1)
         t0 = time.perf_counter()
         before = prefix.reused
         state = prefix.prefill(ids, None if config.mode == "naive" else state)

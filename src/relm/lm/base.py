@@ -56,6 +56,16 @@ class LMState:
         return len(self.ids)
 
 
+def chat_text(lm, prompt: str) -> str:
+    """`prompt` as one user turn of the LM's chat template, ready for the assistant's answer; the prompt
+    itself if the LM has no chat template (a base model, a RETRO run)."""
+    tokenizer = getattr(lm, "tokenizer", None)
+    if getattr(tokenizer, "chat_template", None) and hasattr(tokenizer, "apply_chat_template"):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     """The length of the longest common prefix of two 1-d id arrays."""
     n = min(len(a), len(b))

@@ -22,7 +22,7 @@ import numpy as np
 from ..corpus.tokenizer import cache_dir, smollm2_gguf_path
 from ..errors import ConfigError
 from ..progress import progress
-from .base import LMConfig, LMState, ScoreRequest, common_prefix, length_batches
+from .base import LMConfig, LMState, ScoreRequest, chat_text, common_prefix, length_batches
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +178,7 @@ class HFCausalLM:
         the tokenizer's chat template, for instruction-tuned models such as SmolLM2-Instruct."""
         import torch
 
-        if chat and getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
-        else:
-            text = prompt
+        text = chat_text(self, prompt) if chat else prompt
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(self.device)
         if ids.shape[1] + max_new_tokens > self.context_length:
             raise ConfigError(f"prompt of {ids.shape[1]:,} tokens + {max_new_tokens} new exceeds the context "
