@@ -20,6 +20,13 @@ counts how often prefetch's stale query retrieved another set than the fresh one
 
     python benchmarks/gen_bench.py                      # 20 prompts x 128 tokens: ~40 minutes on 2 cores
     python benchmarks/gen_bench.py --prompts 4 --max-new-tokens 40   # a quick look
+    python benchmarks/gen_bench.py --big 1000000 --big-index ivfpq --out benchmarks/results/gen_bench_1m_ivfpq.json
+    python benchmarks/gen_bench.py --big 1000000 --big-index flat --out benchmarks/results/gen_bench_1m_flat.json
+
+--big N searches N synthetic vectors (ann_bench's seeded clustered datastore) instead of the corpus
+datastore's own, hit i mapped to corpus passage i mod P: the retrieval cost of an N-passage datastore (query
+encoding + the index search), the passages still real text. `--big-index ivfpq` builds ann_bench's IVF-PQ
+preset (nprobe --nprobe); `flat` is exact search over all N vectors, where retrieval is a large share.
 
 Results: benchmarks/results/gen_bench.json and a table in benchmarks/README.md.
 """
@@ -70,6 +77,42 @@ def held_out_prompts(lm, domain: str, n: int, n_tokens: int) -> list[str]:
             if len(out) == n:
                 break
     return out
+
+
+class MappedRetriever:
+    """Search a large vector datastore with the text datastore's encoder, hits mapped onto the text
+    datastore's passages (i mod P): what `generate_stream` needs of a retriever (`search_ids`, `ds`)."""
+
+    def __init__(self, text_retriever, big_retriever):
+        self.text, self.big = text_retriever, big_retriever
+        self.ds = text_retriever.ds
+        self.config = big_retriever.config
+
+    def search_ids(self, texts, opts):
+        vectors = self.ds.encode_queries(texts)
+        scores, ids = self.big.search_vectors(vectors, opts)
+        return scores, np.where(ids >= 0, ids % len(self.ds), -1)
+
+
+def big_retriever(n: int, kind: str, nprobe: int, cache_dir: Path):
+    """A Retriever over ann_bench's n synthetic vectors: exact (`flat`) or its IVF-PQ preset."""
+    import ann_bench
+
+    from relm.errors import RelmError
+    from relm.retrieval.ann import AnnConfig, AnnIndex, build_ann_index
+    from relm.retrieval.options import RetrieverConfig
+    from relm.retrieval.retriever import Retriever
+
+    args = argparse.Namespace(n=n, dim=384, clusters=1024, latent_dim=48, seed=0, queries=1, cache_dir=cache_dir)
+    ds, _, _ = ann_bench.synthetic(args)
+    if kind == "flat":
+        return Retriever(ds, RetrieverConfig("exact"))
+    try:
+        AnnIndex.open(ds, "gen-ivfpq")
+    except RelmError:
+        say(f"building the ivfpq index over {n:,} vectors")
+        build_ann_index(ds, "gen-ivfpq", AnnConfig(factory="ivfpq"), show_progress=None)
+    return Retriever(ds, RetrieverConfig("ann", index="gen-ivfpq", nprobe=nprobe))
 
 
 def run_one(lm, retriever, prompt: str, config) -> dict[str, Any]:
@@ -150,7 +193,10 @@ def table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"Prompts: {report['prompts']} held-out {report['domain']} documents, first "
                  f"{report['prompt_tokens']} tokens; {report['max_new_tokens']} new tokens greedy; k={report['k']}, "
-                 f"retrieval every {report['retrieve_every']} tokens, query = last {report['query_tokens']} tokens.")
+                 f"retrieval every {report['retrieve_every']} tokens, query = last {report['query_tokens']} tokens; "
+                 f"search over {report.get('searched_vectors', report['passages']):,} vectors "
+                 f"({report['retriever']['kind']}"
+                 + (f", nprobe {report['retriever']['nprobe']})." if report['retriever'].get('nprobe') else ")."))
     lines.append(f"Lossless bound (prefill only what differs from every earlier input, time proportional to tokens): "
                  f"{report['exact_bound']:.2f}x naive.")
     p = s["prefetch"]
@@ -171,6 +217,10 @@ def main(argv=None) -> int:
     ap.add_argument("--query-tokens", type=int, default=32)
     ap.add_argument("--retriever", default="exact", help="exact, or ann with --index NAME")
     ap.add_argument("--index")
+    ap.add_argument("--big", type=int, default=0, metavar="N",
+                    help="search N synthetic vectors mapped onto the corpus passages (see above)")
+    ap.add_argument("--big-index", default="ivfpq", choices=["ivfpq", "flat"])
+    ap.add_argument("--nprobe", type=int, default=32, help="--big-index ivfpq: inverted lists probed")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -182,6 +232,8 @@ def main(argv=None) -> int:
 
     ds = Datastore.open(ensure_datastore(args.datastore, args.domain))
     retriever = Retriever(ds, RetrieverConfig(args.retriever, index=args.index))
+    if args.big:
+        retriever = MappedRetriever(retriever, big_retriever(args.big, args.big_index, args.nprobe, HERE / ".cache"))
     lm = load_lm("smollm2")
     prompts = held_out_prompts(lm, args.domain, args.prompts, args.prompt_tokens)
     base = dict(max_new_tokens=args.max_new_tokens, k=args.k, retrieve_every=args.retrieve_every,
@@ -203,6 +255,7 @@ def main(argv=None) -> int:
              for p in prompts[: max(1, len(prompts) // 4)]]
     stale_rate = sum(r["stale_differs"] for r in stale) / max(sum(r["retrievals"] - 1 for r in stale), 1)
     report = {"datastore": str(args.datastore), "passages": len(ds), "domain": args.domain, "prompts": len(prompts),
+              "searched_vectors": args.big or len(ds),
               "prompt_tokens": args.prompt_tokens, "max_new_tokens": args.max_new_tokens, "k": args.k,
               "retrieve_every": args.retrieve_every, "query_tokens": args.query_tokens,
               "retriever": retriever.config.to_dict(),
@@ -217,6 +270,8 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     if args.out == RESULTS:
         write_readme_table("gen_bench", text)
+    elif args.big:
+        write_readme_table(f"gen_bench_{args.big_index}", text)
     return 0
 
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..lm.sampling import sample_next
 
 FUSIONS = ("retro", "relm")
 
@@ -431,16 +432,6 @@ def is_retrieval_parameter(name: str) -> bool:
     return name.startswith(("encoder.", "fusion.")) or ".cca." in name or ".cca_norm." in name
 
 
-def sample_next(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Greedy when temperature == 0, else temperature + nucleus (top-p) sampling from logits (V,)."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
-    probs, ids = probs.sort(descending=True)
-    keep = probs.cumsum(0) - probs < top_p  # the smallest prefix reaching mass top_p; the top token always
-    return int(ids[torch.multinomial(probs * keep, 1, generator=generator)])
-
-
 class RetroModel(nn.Module):
     """RETRO decoder: forward(tokens, neighbours, ...) -> (logits, loss); generate(); from_llama(); freeze_base()."""
 
@@ -588,7 +579,7 @@ class RetroModel(nn.Module):
                               f"got {tuple(prompt.shape)}")
         m, device = self.config.chunk_size, self.embed_tokens.weight.device
         tokens = prompt[0].tolist()
-        generator = torch.Generator().manual_seed(seed)
+        rng = np.random.default_rng(seed)
         fetched: list[tuple[Tensor, Tensor]] = []  # (neighbours, mask) of each completed chunk, in order
         state, n_fed, steps = None, 0, []
         for _ in range(max_new_tokens):
@@ -608,7 +599,7 @@ class RetroModel(nn.Module):
             else:
                 logits = self(torch.tensor([tokens], device=device), **self._stacked(fetched))[0][0, -1]
             steps.append(logits)
-            tokens.append(sample_next(logits, temperature, top_p, generator))
+            tokens.append(sample_next(logits.float().cpu().numpy(), rng, temperature=temperature, top_p=top_p))
         out = torch.tensor([tokens], dtype=torch.long)
         if return_logits:
             return out, torch.stack(steps) if steps else torch.empty(0, self.config.vocab_size)
