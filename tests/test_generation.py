@@ -242,6 +242,8 @@ def test_a_template_puts_the_passages_where_it_says(tiny_lm, hash_retriever):
     for _ in range(4):
         ids.append(int(np.argmax(full_logits(tiny_lm, ids))))
     assert list(naive[-1].token_ids[:4]) == ids[-4:]
+    asked = list(generate_stream(tiny_lm, hash_retriever, prompt, GenerationConfig(**kw), query="whale ship"))
+    assert next(e for e in asked if isinstance(e, RetrievalEvent)).query == "whale ship"
     for bad in ("no fields", "{prompt} {other}", "{passages} only", "{prompt"):
         with pytest.raises(ConfigError, match="template"):
             GenerationConfig(template=bad)

@@ -92,11 +92,13 @@ def _search_options(config: GenerationConfig, options):
 
 
 def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None = None, *,
-                    search_options=None, cancel: threading.Event | None = None) -> Iterator[Any]:
+                    search_options=None, cancel: threading.Event | None = None,
+                    query: str | None = None) -> Iterator[Any]:
     """Yield a RetrievalEvent at each retrieval, a TokenEvent per new token and a DoneEvent at the end.
     `retriever` may be None (no retrieval); `search_options` (a SearchOptions or dict: filters such as
     before/after/domains) applies to every retrieval; `cancel` (a threading.Event) stops the stream at the
-    next token with finish_reason "cancelled"."""
+    next token with finish_reason "cancelled"; `query` is the first retrieval's query (default: the
+    prompt; e.g. the question alone when the prompt also holds few-shot examples)."""
     from ..eval.variants import prepend
 
     config = config or GenerationConfig()
@@ -136,7 +138,8 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
     reason = "length"
 
     def query_for(ids: list[int], first: bool) -> str:
-        return (prompt if first else lm.decode(ids[-config.query_tokens:]).strip()) or prompt
+        first_query = query if query is not None and query.strip() else prompt
+        return (first_query if first else lm.decode(ids[-config.query_tokens:]).strip()) or first_query
 
     def rebuild() -> LMState:
         """Prefill the input of the current passages + context (the naive loop's input)."""
@@ -249,7 +252,7 @@ def _next_retrieval(retrieve, config, t, context, query_for, pool, pending, timi
 
 
 async def agenerate_stream(lm, retriever, prompt: str, config: GenerationConfig | None = None, *,
-                           search_options=None) -> AsyncIterator[Any]:
+                           search_options=None, query: str | None = None) -> AsyncIterator[Any]:
     """`generate_stream` as an async iterator: the LM runs in a worker thread and the events come through an
     asyncio queue, so the event loop stays free; leaving the loop early cancels the generation."""
     loop = asyncio.get_running_loop()
@@ -260,7 +263,7 @@ async def agenerate_stream(lm, retriever, prompt: str, config: GenerationConfig 
     def work():
         try:
             for event in generate_stream(lm, retriever, prompt, config, search_options=search_options,
-                                         cancel=cancel):
+                                         cancel=cancel, query=query):
                 loop.call_soon_threadsafe(queue.put_nowait, event)
         except BaseException as e:  # handed to the consumer, raised there
             loop.call_soon_threadsafe(queue.put_nowait, e)
