@@ -101,7 +101,9 @@ def answer(lm, ds, prompt: QAPrompt, shots: Sequence[QAItem], item: QAItem, pass
     for event in generate_stream(lm, retriever, item.question, gen, query=item.question):
         if isinstance(event, DoneEvent):
             done = event
-    return {"prediction": done.text.strip(), "finish_reason": done.finish_reason}
+    return {"prediction": done.text.strip(), "finish_reason": done.finish_reason,
+            "new_tokens": done.counts["new_tokens"], "prefill_s": round(done.timing["prefill"], 4),
+            "decode_s": round(done.timing["decode"], 4)}
 
 
 def run_condition(lm, ds, prompt: QAPrompt, items: Sequence[QAItem], found: Sequence[Found],
@@ -124,7 +126,8 @@ def run_condition(lm, ds, prompt: QAPrompt, items: Sequence[QAItem], found: Sequ
                "recall_in_prompt": answer_recall(item.answers, kept.texts) if k else None,
                "retrieved": len(top.ids), "in_prompt": len(kept.ids), "dropped": len(top.ids) - len(kept.ids),
                "passage_ids": list(top.ids), "passage_scores": [round(s, 5) for s in top.scores],
-               "finish_reason": out["finish_reason"], "seconds": time.perf_counter() - t0}
+               "finish_reason": out["finish_reason"], "new_tokens": out["new_tokens"], "prefill_s": out["prefill_s"],
+               "decode_s": out["decode_s"], "seconds": time.perf_counter() - t0}
         if bar is not None:
             bar.update(1)
         yield rec
