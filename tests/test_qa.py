@@ -381,3 +381,48 @@ def test_cli_bad_files(qa_ds, tiny_lm_dir, tmp_path, hash_queries, capsys):
     good = write_jsonl(tmp_path / "good.jsonl", [{"question": "fine", "answers": ["x"]}])
     assert main(["qa", str(qa_ds.root), str(good), "--lm", str(tiny_lm_dir), "--template", str(template)]) == 2
     assert "no {passages} placeholder" in capsys.readouterr().err
+
+
+# -- lm-evaluation-harness -----------------------------------------------------------------------------------
+
+def test_lm_eval_harness_wrapper_on_a_local_task(tiny_lm, qa_ds, qa_items, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.tasks import TaskManager
+
+    from relm.generation.config import render_prompt
+    from relm.lm.base import ScoreRequest
+    from relm.qa.harness import TEMPLATE, RetrievalLM, last_paragraph
+
+    retriever = Retriever(qa_ds, RetrieverConfig("exact"))
+    wrapped = RetrievalLM(lm=tiny_lm, retriever=retriever, k=2)
+    rows = [{"question": q.question, "choices": ["whale ship", "king"], "answer": i % 2} for i, q in enumerate(qa_items)]
+    data = write_jsonl(tmp_path / "tiny.jsonl", rows)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny.yaml").write_text(
+        "task: relm_tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\n  cache_dir: {tmp_path / 'hf-cache'}\ntest_split: test\noutput_type: multiple_choice\n"
+        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\n"
+        "doc_to_target: \"{{answer}}\"\nmetric_list:\n  - metric: acc\n")
+    result = lm_eval.simple_evaluate(model=wrapped, tasks=["relm_tiny_mc"],
+                                     task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+                                     log_samples=True)
+    assert 0.0 <= result["results"]["relm_tiny_mc"]["acc,none"] <= 1.0
+    sample = result["samples"]["relm_tiny_mc"][0]
+    context, continuation = sample["arguments"][0]
+    assert last_paragraph(context) == context  # no few-shot: the whole context is the query
+    found = retrieve_all(retriever, [context], 2)[0]
+    text = render_prompt(TEMPLATE, context, list(found.texts))
+    ctx, cont = tiny_lm.encode(text)[0], tiny_lm.encode(continuation)[0]
+    direct = float(np.sum(tiny_lm.score([ScoreRequest(np.concatenate([ctx, cont]), len(cont))])[0]))
+    assert float(sample["resps"][0][0][0]) == pytest.approx(direct, abs=1e-3)  # passages prepended, then scored
+    closed = RetrievalLM(lm=tiny_lm, k=0)
+    req = Instance("loglikelihood", {}, (context, continuation), 0)
+    ll_closed = closed.loglikelihood([req])[0][0]
+    assert ll_closed == pytest.approx(float(np.sum(tiny_lm.score(
+        [ScoreRequest(np.concatenate([tiny_lm.encode(context)[0], cont]), len(cont))])[0])), abs=1e-3)
+    gen = Instance("generate_until", {}, (context, {"until": ["whale"], "max_gen_toks": 3}), 0)
+    assert isinstance(wrapped.generate_until([gen])[0], str)
+    assert closed.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (qa_items[0].question,), 0)])[0] < 0
+    with pytest.raises(ConfigError, match="exceeds the datastore"):
+        RetrievalLM(lm=tiny_lm, retriever=retriever, k=10_000)
