@@ -28,8 +28,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as e:  # an optional dependency (the dev extra has it)
+    raise ImportError("relm.qa.harness needs lm-evaluation-harness: pip install lm-eval") from e
 
 from ..errors import ConfigError
 from ..generation.config import render_prompt
