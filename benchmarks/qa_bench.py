@@ -24,7 +24,8 @@ once; --zero-shot-plain turns that off). Greedy, stop at a newline, at most --ma
     python benchmarks/qa_bench.py --list                                # the condition names
 
 Results go to --out (benchmarks/results/qa_bench.json) after every condition; a rerun skips the
-conditions already there for the same questions and settings (resume), then prints the table.
+conditions already there for the same questions and settings (resume), then prints the table. To use both
+cores, run two processes on different --conditions, each with its own --out, then `--merge A.json B.json`.
 """
 
 from __future__ import annotations
@@ -181,6 +182,31 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[Path], out: Path, n_boot: int) -> int:
+    """One report from runs of the same settings and samples that ran different conditions."""
+    report: dict[str, Any] = {}
+    for path in paths:
+        part = load(path)
+        if not part:
+            sys.exit(f"qa_bench: {path}: no results")
+        if report and part["meta"]["settings"] != report["meta"]["settings"]:
+            sys.exit(f"qa_bench: {path} was run with other settings than {paths[0]}")
+        report.setdefault("meta", part["meta"])
+        for phase in ("tune", "test"):
+            if phase not in part:
+                continue
+            block = report.setdefault(phase, {k: v for k, v in part[phase].items() if k != "conditions"}
+                                      | {"conditions": {}})
+            if block["ids_sha256"] != part[phase]["ids_sha256"]:
+                sys.exit(f"qa_bench: {path} scored another {phase} sample")
+            block["conditions"].update(part[phase]["conditions"])
+    report["comparisons"] = compare(report.get("test", {"conditions": {}}), n_boot)
+    report["chosen"] = choose(report.get("tune", {}))
+    save(out, report)
+    print(table(report))
+    return 0
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -202,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--progress", action="store_true", default=None)
     ap.add_argument("--list", action="store_true", help="print the condition names and exit")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="merge the conditions of runs split across processes (each with its own --out) into --out")
     args = ap.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",")]
     shots = [int(s) for s in args.shots.split(",")]
@@ -211,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(n for n, *_ in grid))
         return 0
+    if args.merge:
+        return merge(args.merge, args.out, args.bootstrap)
     patterns = [p.strip() for p in args.conditions.split(",") if p.strip()]
     todo = [c for c in grid if any(fnmatch.fnmatch(c[0], p) for p in patterns)]
     if not todo:
