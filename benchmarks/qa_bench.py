@@ -7,7 +7,8 @@ Data: ../shared/data/external/squad-v1.1-dev/dev-v1.1.json.gz (10,570 questions)
 a paragraph longer than the encoder's 256 wordpieces is cut in two). One seeded permutation of the
 questions (seed 0) gives three disjoint parts: the few-shot examples (the first 8), a tuning sample
 (--tune-questions, where k and shots are chosen by F1) and the scored sample (--questions, the same for
-every condition). Retrievers, all through relm.Retriever:
+every condition; disjoint in questions, not paragraphs: SQuAD asks about 5 questions per paragraph).
+Retrievers, all through relm.Retriever:
 
   dense    exact inner product over the float16 all-MiniLM-L6-v2 vectors
   bm25     bm25s, k1 1.5, b 0.75 (the defaults)
