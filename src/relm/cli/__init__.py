@@ -27,6 +27,7 @@ from . import (
     index,
     index_eval,
     info,
+    qa,
     quickstart,
     recover,
     retro,
@@ -35,7 +36,8 @@ from . import (
 )
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, generate, scale, quickstart, retro)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, generate, qa,
+               scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:
