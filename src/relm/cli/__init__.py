@@ -32,10 +32,11 @@ from . import (
     retro,
     scale,
     search,
+    serve,
 )
 from .common import HelpFormatter
 
-SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, generate, scale, quickstart, retro)
+SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, generate, serve, scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:
