@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from relm.generation import GenerationConfig, generate_stream
-from relm.retrieval.options import RetrieverConfig, SearchOptions
+from relm.retrieval.options import SearchOptions
 from relm.serve import ServeConfig, ServerState, create_app
 from relm.serve.batching import _Request, take_group
 from relm.serve.security import check_bind, key_matches
@@ -360,3 +360,157 @@ def test_openai_completions_and_chat_in_process(hds, tiny_lm):
                           ({"prompt": "x", "max_tokens": 4096}, "max_tokens = 4,096 exceeds")]:
         r = call(state, "POST", "/v1/completions", json=body)
         assert r.status_code == 422 and message in error_of(r)
+
+
+# -- one real server process: the openai client, disconnects, `relm add` while serving ------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, encoder, tiny_lm_dir):
+    """`relm serve` in a subprocess on a free loopback port: a MiniLM datastore, the tiny LM, an API key."""
+    import os
+    import subprocess
+    import sys
+
+    from relm import BuildConfig, ChunkConfig, build_datastore
+
+    from conftest import corpus_records, write_jsonl
+
+    root = tmp_path_factory.mktemp("served")
+    corpus = write_jsonl(root / "c.jsonl", corpus_records(n_docs=8))
+    build_datastore([corpus], root / "ds", BuildConfig(chunk=ChunkConfig(max_words=40, min_words=5), shard_size=16),
+                    encoder=encoder, show_progress=False)
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "relm", "serve", str(root / "ds"), "--port", str(port), "--lm",
+                             str(tiny_lm_dir), "--refresh-s", "0.1", "--gen-threads", "2", "--cache-mb", "4"],
+                            env={**os.environ, "RELM_API_KEY": KEY, "HF_HUB_OFFLINE": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            assert proc.poll() is None, (root / "server.log").read_text()
+            try:
+                if httpx.get(f"{base}/health", timeout=1).json()["ready"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the server did not become ready in 60 s: " + (root / "server.log").read_text())
+        yield {"base": base, "root": root, "proc": proc, "log": root / "server.log"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def metric(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", headers={"X-API-Key": KEY}).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def server_errors(base: str) -> float:
+    """Requests answered 5xx so far, over every endpoint."""
+    text = httpx.get(f"{base}/metrics", headers={"X-API-Key": KEY}).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("relm_errors_total{") and 'status="5' in line)
+
+
+@pytest.mark.slow  # the server process loads torch, MiniLM and the LM (~10 s on 2 busy cores)
+def test_the_openai_client_works_against_relm(server):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{server['base']}/v1", api_key=KEY, max_retries=0)
+    prompt = make_text(7, 10)
+    c = client.completions.create(model="relm", prompt=prompt, max_tokens=6, temperature=0, extra_body={"k": 1})
+    assert c.object == "text_completion" and c.choices[0].finish_reason in ("length", "stop")
+    assert c.usage.completion_tokens <= 6 and c.model_extra["retrieved"][0]["text"]
+    streamed = list(client.completions.create(model="relm", prompt=prompt, max_tokens=6, temperature=0, stream=True,
+                                              extra_body={"k": 1}))
+    assert "".join(ch.choices[0].text for ch in streamed) == c.choices[0].text  # greedy: the same text
+    assert streamed[-1].choices[0].finish_reason == c.choices[0].finish_reason
+    assert streamed[-1].model_extra["retrieved"] == c.model_extra["retrieved"]
+
+    messages = [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": "whale ship captain"}]
+    chat = client.chat.completions.create(model="relm", messages=messages, max_tokens=5, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.model_extra["retrieved"]
+    parts = list(client.chat.completions.create(model="relm", messages=messages, max_tokens=5, temperature=0,
+                                                stream=True))
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == chat.choices[0].message.content
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server['base']}/v1", api_key="wrong-key-123", max_retries=0).completions.create(
+            model="relm", prompt="x", max_tokens=2)
+    with pytest.raises(openai.UnprocessableEntityError, match="max_tokens"):
+        client.completions.create(model="relm", prompt="x", max_tokens=100_000)
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_mid_stream_cancels_its_generation(server):
+    base = server["base"]
+    before = metric(base, 'relm_generations_total{finish="disconnected"}')
+    body = {"prompt": make_text(2, 10), "max_new_tokens": 1024, "stop_at_eos": False, "stream": True}
+    with httpx.stream("POST", f"{base}/generate", json=body, headers={"X-API-Key": KEY}, timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        tokens = 0
+        while tokens < 3:
+            tokens += next(lines) == "event: token"
+    for _ in range(100):  # the server notices at its next write, sets the cancel event, the worker stops
+        if metric(base, 'relm_generations_total{finish="disconnected"}') > before \
+                and metric(base, "relm_generations_active") == 0:
+            break
+        time.sleep(0.05)
+    assert metric(base, 'relm_generations_total{finish="disconnected"}') == before + 1, server["log"].read_text()
+    assert metric(base, "relm_generations_active") == 0
+    assert httpx.get(f"{base}/health").json()["ready"]
+
+
+@pytest.mark.slow  # `relm add` loads MiniLM in its own process
+def test_relm_add_while_serving_is_picked_up_without_dropping_requests(server):
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import write_jsonl
+
+    base, headers = server["base"], {"Authorization": f"Bearer {KEY}"}
+    query = "lighthouse keeper rowing through the storm"
+    revision = httpx.get(f"{base}/health").json()["revision"]
+    statuses, tops, stop = [], [], threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/search", json={"query": query, "k": 2})
+                statuses.append(r.status_code)
+                tops.append(r.json()["hits"][0]["doc_id"] if r.status_code == 200 else None)
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    extra = write_jsonl(server["root"] / "extra.jsonl", [{"id": "storm", "text": f"{query}. " + make_text(300, 40)}])
+    try:
+        out = subprocess.run([sys.executable, "-m", "relm", "add", str(server["root"] / "ds"), str(extra),
+                              "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        for _ in range(100):
+            if tops and tops[-1] == "storm":
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(statuses) == {200}, f"{len(statuses)} requests: {sorted(set(statuses))}"
+    assert tops[0] != "storm" and tops[-1] == "storm"
+    assert httpx.get(f"{base}/health").json()["revision"] == revision + 1
+    assert httpx.get(f"{base}/info", headers=headers).json()["datastore"]["counts"]["documents"] == 9
+    assert server_errors(base) == 0

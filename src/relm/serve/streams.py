@@ -2,16 +2,16 @@
 request's deadline, counted in the metrics, ending (timeout, client gone, error) with the generation's
 cancel event set; the passages cited, looked up; server-sent events.
 
-`open_stream` awaits the first event before the response starts, so a bad prompt (too many tokens for the
+The app awaits the first event before a stream's response starts, so a bad prompt (too many tokens for the
 LM, say) is still an HTTP error and not a broken stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,11 +36,9 @@ async def generation_events(state, prompt: str, config, opts, deadline: float) -
     metrics.gen_active.inc()
     try:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            try:
-                event = await asyncio.wait_for(agen.__anext__(), remaining)
+            try:  # in this task (no wait_for task), so a cancellation reaches agen where it waits
+                async with asyncio.timeout_at(deadline):  # the loop's clock is time.monotonic()
+                    event = await agen.__anext__()
             except StopAsyncIteration:
                 break
             if isinstance(event, DoneEvent):
@@ -55,22 +53,10 @@ async def generation_events(state, prompt: str, config, opts, deadline: float) -
         finish = "disconnected"
         raise
     finally:
-        await agen.aclose()  # sets the cancel event and waits for the worker to see it
-        metrics.gen_active.dec()
+        metrics.gen_active.dec()  # before any await: a cancelled scope may interrupt those
         metrics.generations.labels(finish).inc()
-
-
-async def open_stream(events: AsyncIterator[Any]) -> tuple[Any, AsyncIterator[Any]]:
-    """(the first event, an iterator over all of them, the first included): errors before the first event
-    surface here, as HTTP errors."""
-    first = await events.__anext__()
-
-    async def chained():
-        yield first
-        async for e in events:
-            yield e
-
-    return first, chained()
+        with contextlib.suppress(RuntimeError):
+            await agen.aclose()  # sets the cancel event (if agen has not ended already) and waits for the worker
 
 
 def cited_passages(ds, citations) -> list[dict[str, Any]]:
