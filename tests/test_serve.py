@@ -514,3 +514,27 @@ def test_relm_add_while_serving_is_picked_up_without_dropping_requests(server):
     assert httpx.get(f"{base}/health").json()["revision"] == revision + 1
     assert httpx.get(f"{base}/info", headers=headers).json()["datastore"]["counts"]["documents"] == 9
     assert server_errors(base) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 is reachable from other machines and no API key is set"),
+    (["--port", "0"], "--port must be in 1..65535"),
+    (["--max-k", "0"], "max_k (--max-k) must be"),
+    (["--timeout", "0"], "timeout_s (--timeout)"),
+    (["--api-key", "short"], "at least 8 characters"),
+    (["--retriever", "ann"], "--retriever ann needs --index NAME"),
+])
+def test_relm_serve_bad_flags_are_one_line(hds, argv, message, capsys, monkeypatch):
+    from relm.cli import main
+
+    monkeypatch.delenv("RELM_API_KEY", raising=False)
+    assert main(["serve", str(hds.root), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_relm_serve_refuses_a_missing_datastore(tmp_path, capsys):
+    from relm.cli import main
+
+    assert main(["serve", str(tmp_path / "nope")]) == 2
+    assert "no such datastore directory" in capsys.readouterr().err

@@ -80,9 +80,13 @@ def worker_app():
 
 
 def run(args) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from ..serve import ServerState, create_app
+        from ..serve import ServerState, create_app
+    except ImportError as e:
+        raise ConfigError(f"relm serve needs {e.name}: pip install 'relm[serve]' (fastapi, uvicorn, "
+                          "prometheus_client)") from e
     from ..serve.security import ENV_KEY, check_bind, resolve_api_key
 
     config = serve_config(args)  # every flag checked before anything loads
