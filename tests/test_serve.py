@@ -538,3 +538,61 @@ def test_relm_serve_refuses_a_missing_datastore(tmp_path, capsys):
 
     assert main(["serve", str(tmp_path / "nope")]) == 2
     assert "no such datastore directory" in capsys.readouterr().err
+
+
+def test_the_page_is_served_without_a_key_and_holds_no_data(hds):
+    r = call(make_state(hds, key=KEY), "GET", "/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'id="search-form"' in r.text and 'id="gen-form"' in r.text and str(hds.root) not in r.text
+
+
+def chromium_driver():
+    """A headless Chromium (Debian's chromium + chromium-driver) under selenium, or a skip saying why."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver (scripts/setup.sh does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
+
+
+@pytest.mark.slow  # Chromium starts in seconds; the server fixture loads models
+def test_the_page_in_a_real_browser(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium_driver()
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(server["base"] + "/")
+        browser.find_element(By.ID, "key").send_keys(KEY)
+        browser.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "info"), "passages"))
+        browser.find_element(By.ID, "query").send_keys("whale ship captain")
+        browser.find_element(By.ID, "search-button").click()
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#hits .hit")))
+        hits = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+        assert len(hits) == 5
+        scores = [float(h.find_element(By.CLASS_NAME, "score").text) for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        marked = {m.text.lower() for m in browser.find_elements(By.CSS_SELECTOR, "#hits mark")}
+        assert marked and marked <= {"whale", "ship", "captain"}
+        assert all(h.find_element(By.CLASS_NAME, "domain").text in ("alpha", "beta") for h in hits)
+
+        browser.find_element(By.ID, "prompt").send_keys(make_text(9, 12))
+        browser.find_element(By.ID, "max-tokens").clear()
+        browser.find_element(By.ID, "max-tokens").send_keys("24")
+        browser.find_element(By.ID, "gen-button").click()
+        wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#citations .cite")))
+        assert browser.find_element(By.ID, "output").text.strip()
+        assert "tokens" in browser.find_element(By.ID, "gen-status").text
+        assert browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
