@@ -74,7 +74,9 @@ def worker_app():
     """The app of one --workers process (uvicorn imports this factory in each)."""
     from ..serve import ServeConfig, ServerState, create_app
     from ..serve.security import resolve_api_key
+    from . import _configure_logging
 
+    _configure_logging(verbose=False, quiet=False)  # a fresh process: relm's log lines, as in the parent
     config = ServeConfig.from_dict(json.loads(os.environ[ENV_CONFIG]))
     return create_app(ServerState(config, api_key=resolve_api_key(None)), load=True)
 

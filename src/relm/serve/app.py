@@ -127,7 +127,8 @@ def create_app(state, *, load: bool = False, on_load_failure: Callable[[], None]
         state.check_ready()
         kind, opts, texts = search_request(req, config)
         kind = kind or state.primary
-        await run_in_threadpool(state.retriever, kind)  # an unknown or unservable kind is a 422 here
+        if kind not in state.retrievers:  # opened at first use; an unknown or unservable kind is a 422 here
+            await run_in_threadpool(state.retriever, kind)
         try:
             rows = await asyncio.wait_for(batcher.search((kind, opts), texts), config.timeout_s)
         except TimeoutError:
