@@ -16,6 +16,7 @@ datastore is copied for each run (a scratch copy takes the `relm add`), from --b
 (an existing pydocs datastore) or built from ../shared/data/corpus/pydocs.jsonl.gz when missing.
 
     python benchmarks/serve_bench.py --source /work/gen/pydocs     # ~10 minutes on 2 cores
+    python benchmarks/serve_bench.py --retriever bm25 --out benchmarks/results/serve_bench_bm25.json
     python benchmarks/serve_bench.py --requests 64 --rounds 1 --concurrency 1,8   # a quick look
 
 Results: benchmarks/results/serve_bench.json and a table in benchmarks/README.md.
@@ -56,8 +57,8 @@ def relm(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "relm", *args], check=True, env=ENV)
 
 
-def ensure_base(base: Path, source: Path | None, index: str) -> Path:
-    """The benchmark's own pydocs datastore with an IVF-PQ index `index` (copied or built once)."""
+def ensure_base(base: Path, source: Path | None, kind: str, index: str) -> Path:
+    """The benchmark's own pydocs datastore with the index `index` (IVF-PQ for ann, or BM25) built once."""
     if not (base / "manifest.json").exists():
         base.parent.mkdir(parents=True, exist_ok=True)
         if source is not None:
@@ -65,7 +66,8 @@ def ensure_base(base: Path, source: Path | None, index: str) -> Path:
         else:
             relm("build", str(SHARED / "corpus" / "pydocs.jsonl.gz"), "--out", str(base), "--id-field", "id")
     if not (base / "indexes" / index).exists():
-        relm("index", str(base), "--name", index, "--factory", "ivfpq", "--no-progress")
+        relm("index", str(base), "--name", index, *(["--bm25"] if kind == "bm25" else ["--factory", "ivfpq"]),
+             "--no-progress")
     return base
 
 
@@ -106,7 +108,7 @@ async def search_load(base: str, queries: list[str], concurrency: int, k: int, t
     """`concurrency` clients POST one query each until the queries (or the time) run out, or `stop` is set."""
     import httpx
 
-    latencies, statuses, sent = [], [], 0
+    latencies, statuses, failures, sent = [], [], [], 0
     queue = list(reversed(queries))
     deadline = time.perf_counter() + time_limit
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -121,8 +123,9 @@ async def search_load(base: str, queries: list[str], concurrency: int, k: int, t
                 try:
                     r = await client.post("/search", json={"query": q, "k": k})
                     statuses.append(r.status_code)
-                except httpx.HTTPError as e:
+                except httpx.HTTPError as e:  # no answer: the connection failed or was dropped
                     statuses.append(type(e).__name__)
+                    failures.append(f"{type(e).__name__}: {e!r} after {time.perf_counter() - t0:.2f} s")
                 latencies.append(time.perf_counter() - t0)
 
         t0 = time.perf_counter()
@@ -131,7 +134,7 @@ async def search_load(base: str, queries: list[str], concurrency: int, k: int, t
     ok = sum(s == 200 for s in statuses)
     lat = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": sent, "answered": len(statuses), "ok": ok,
-            "non_200": {str(s): statuses.count(s) for s in set(statuses) if s != 200},
+            "non_200": {str(s): statuses.count(s) for s in set(statuses) if s != 200}, "failures": failures[:10],
             "qps": ok / wall, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "seconds": wall}
 
@@ -252,7 +255,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, default=HERE / ".cache" / "serve" / "pydocs")
     ap.add_argument("--source", type=Path, help="an existing pydocs datastore to copy (else built from the corpus)")
-    ap.add_argument("--index", default="ivfpq")
+    ap.add_argument("--retriever", default="ann", choices=["ann", "bm25"],
+                    help="ann: MiniLM + IVF-PQ (the encoder dominates on CPU); bm25: no encoder, so the "
+                    "server's own cost per request shows")
+    ap.add_argument("--index", help="index name (default: ivfpq for ann, bm25 for bm25)")
     ap.add_argument("--requests", type=int, default=512, help="queries per (b) level and for (a)")
     ap.add_argument("--query-words", type=int, default=32)
     ap.add_argument("-k", type=int, default=10)
@@ -270,14 +276,15 @@ def main(argv=None) -> int:
     from relm.retrieval.options import RetrieverConfig
     from relm.retrieval.retriever import Retriever
 
-    base = ensure_base(args.base, args.source, args.index)
+    args.index = args.index or ("ivfpq" if args.retriever == "ann" else "bm25")
+    base = ensure_base(args.base, args.source, args.retriever, args.index)
     scratch = args.base.parent / "run"
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(base, scratch / "ds")
     ds_path = scratch / "ds"
     queries, docs = held_out(args.requests, args.query_words)
     levels = [int(c) for c in args.concurrency.split(",")]
-    config = RetrieverConfig("ann", index=args.index)
+    config = RetrieverConfig(args.retriever, index=args.index)
     retriever = Retriever(Datastore.open(ds_path), config)
     retriever.search_ids(queries[:8], 1)  # load the encoder
 
@@ -285,7 +292,7 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{port}"
     log = open(scratch / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "relm", "serve", str(ds_path), "--port", str(port), "--retriever",
-                               "ann", "--index", args.index, "--api-key", KEY, "--max-batch", str(args.max_batch),
+                               args.retriever, "--index", args.index, "--api-key", KEY, "--max-batch", str(args.max_batch),
                                "--max-body-bytes", str(1 << 20)], env=ENV, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
@@ -336,8 +343,8 @@ def main(argv=None) -> int:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.out == RESULTS:
-        write_readme_table("serve_bench", text)
+    if args.out.resolve().parent == RESULTS.parent:  # a results file: its table in benchmarks/README.md
+        write_readme_table(args.out.stem, text)
     return 0
 
 

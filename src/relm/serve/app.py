@@ -170,20 +170,20 @@ def create_app(state, *, load: bool = False, on_load_failure: Callable[[], None]
         if not req.stream:
             got = await collect(events)
             done = got[-1]
-            body = done_dict(state, done)
+            body = done_dict(done)
             body["retrievals"] = [event_dict(e) for e in got if isinstance(e, RetrievalEvent)]
             return JSONResponse(body)
         first = await events.__anext__()
 
         def render(e):
-            return sse(done_dict(state, e) if isinstance(e, DoneEvent) else event_dict(e), e.type)
+            return sse(done_dict(e) if isinstance(e, DoneEvent) else event_dict(e), e.type)
 
         return streamed(events, first, render)
 
     async def openai_answer(events, stream: bool, rid: str, model: str, whole, chunk, chat: bool):
         if not stream:
             done = (await collect(events))[-1]
-            return JSONResponse(whole(rid, model, done, done_dict(state, done)["passages"]))
+            return JSONResponse(whole(rid, model, done, done_dict(done)["passages"]))
         first = await events.__anext__()
         started = [False]
 
@@ -197,7 +197,7 @@ def create_app(state, *, load: bool = False, on_load_failure: Callable[[], None]
             elif isinstance(e, DoneEvent):
                 finish = openai_compat.FINISH.get(e.finish_reason, "stop")
                 out += sse(chunk(rid, model, {} if chat else "", finish, usage=openai_compat.usage(e),
-                                 retrieved=done_dict(state, e)["passages"]))
+                                 retrieved=done_dict(e)["passages"]))
                 out += sse("[DONE]")
             return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ async def generation_events(state, prompt: str, config, opts, deadline: float) -
                           "or a model directory to generate")
     state.refresh()
     retriever = state.retriever() if config.retrieval else None
+    ds = retriever.ds if retriever is not None else None  # the revision the passage ids refer to
     agen = agenerate_stream(state.lm, retriever, prompt, config, search_options=opts, executor=state.gen_pool)
     metrics, finish = state.metrics, "error"
     metrics.gen_active.inc()
@@ -44,6 +46,8 @@ async def generation_events(state, prompt: str, config, opts, deadline: float) -
             if isinstance(event, DoneEvent):
                 finish = event.finish_reason
                 metrics.tokens.inc(len(event.token_ids))
+                event = dataclasses.replace(event, citations=tuple({**c, "passages": cited_passages(ds, c)}
+                                                                   for c in event.citations))
             yield event
     except TimeoutError:
         finish = "timeout"
@@ -59,22 +63,23 @@ async def generation_events(state, prompt: str, config, opts, deadline: float) -
             await agen.aclose()  # sets the cancel event (if agen has not ended already) and waits for the worker
 
 
-def cited_passages(ds, citations) -> list[dict[str, Any]]:
-    """The passages a generation had in context, with the [start, end) new-token span of each set: what the
-    OpenAI endpoints return as `retrieved` and /generate as `passages`."""
+def cited_passages(ds, citation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The passages of one citation (a set in context for new tokens [start, end)), looked up in `ds`, the
+    revision the generation retrieved from: what /generate returns as `passages`, OpenAI as `retrieved`."""
     out = []
-    for c in citations:
-        for pid, score in zip(c["passage_ids"], c["scores"], strict=True):
-            doc = ds.document(int(ds.doc_index[pid]))
-            out.append({"passage_id": int(pid), "score": float(score), "doc_id": doc.get("id"),
-                        "title": doc.get("title"), "domain": doc.get("domain"), "text": ds.passage(int(pid)),
-                        "start": c["start"], "end": c["end"]})
+    for pid, score in zip(citation["passage_ids"], citation["scores"], strict=True):
+        doc = ds.document(int(ds.doc_index[pid]))
+        out.append({"passage_id": int(pid), "score": float(score), "doc_id": doc.get("id"),
+                    "title": doc.get("title"), "domain": doc.get("domain"), "text": ds.passage(int(pid)),
+                    "start": citation["start"], "end": citation["end"]})
     return out
 
 
-def done_dict(state, event: DoneEvent) -> dict[str, Any]:
+def done_dict(event: DoneEvent) -> dict[str, Any]:
+    """The final event as JSON, with every cited passage in one list (`passages`)."""
     d = event_dict(event)
-    d["passages"] = cited_passages(state.ds, event.citations)
+    d["citations"] = [{k: v for k, v in c.items() if k != "passages"} for c in event.citations]
+    d["passages"] = [p for c in event.citations for p in c.get("passages", ())]
     return d
 
 
