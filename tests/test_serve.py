@@ -596,3 +596,16 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+def test_hit_rows_are_hit_to_dict(hds):
+    from dataclasses import fields
+
+    from relm.datastore.store import Hit
+    from relm.serve.state import HIT_FIELDS, hit_row
+
+    assert HIT_FIELDS == tuple(f.name for f in fields(Hit))
+    hit = Hit(3, 0.5, "t", 1, "d1", "alpha", "T", 1_000_000, "src", {"a": [1.0, float("nan")], "b": {"c": "x"}})
+    assert hit_row(hit) == {**hit.to_dict(), "metadata": {"a": [1.0, None], "b": {"c": "x"}}}
+    hit.metadata = {"k": 1}
+    assert hit_row(hit) == hit.to_dict()

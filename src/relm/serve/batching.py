@@ -57,12 +57,15 @@ class SearchBatcher:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="relm-search")
         self.n_workers = workers
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task] = []
 
     def _start(self) -> None:
-        if not self._tasks:  # on the running loop, at the first request
-            self._wake = asyncio.Event()
-            self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.n_workers)]
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # at the first request, on the loop serving it (a new loop: start again)
+            self._loop, self._wake = loop, asyncio.Event()
+            self.pending = []
+            self._tasks = [loop.create_task(self._worker()) for _ in range(self.n_workers)]
 
     async def search(self, key: Hashable, texts: list[str]) -> list[Any]:
         """The rows for `texts` under `key`, computed with whatever else arrives meanwhile."""
@@ -111,5 +114,5 @@ class SearchBatcher:
             if not r.future.done():
                 r.future.cancel()
         self.pending = []
-        self._tasks = []
+        self._tasks, self._loop = [], None
         self.pool.shutdown(wait=False, cancel_futures=True)
