@@ -105,15 +105,18 @@ def index_only(retriever, queries: list[str], batch: int, k: int) -> float:
 
 async def search_load(base: str, queries: list[str], concurrency: int, k: int, time_limit: float,
                       stop: asyncio.Event | None = None) -> dict[str, Any]:
-    """`concurrency` clients POST one query each until the queries (or the time) run out, or `stop` is set."""
-    import httpx
+    """`concurrency` clients POST one query each until the queries (or the time) run out, or `stop` is set.
+    The load generator is aiohttp: httpx's pool, at 32 connections, capped the same server at 96 q/s
+    (server p99 under 50 ms, client p99 1.7 s) where aiohttp reached 374 q/s."""
+    import aiohttp
 
     latencies, statuses, failures, sent = [], [], [], 0
     queue = list(reversed(queries))
     deadline = time.perf_counter() + time_limit
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {KEY}"}, limits=limits,
-                                 timeout=120) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout,
+                                     headers={"Authorization": f"Bearer {KEY}"}) as session:
         async def worker():
             nonlocal sent
             while queue and time.perf_counter() < deadline and not (stop and stop.is_set()):
@@ -121,9 +124,10 @@ async def search_load(base: str, queries: list[str], concurrency: int, k: int, t
                 sent += 1
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/search", json={"query": q, "k": k})
-                    statuses.append(r.status_code)
-                except httpx.HTTPError as e:  # no answer: the connection failed or was dropped
+                    async with session.post("/search", json={"query": q, "k": k}) as r:
+                        await r.read()
+                        statuses.append(r.status)
+                except (TimeoutError, aiohttp.ClientError) as e:  # no answer: failed or dropped
                     statuses.append(type(e).__name__)
                     failures.append(f"{type(e).__name__}: {e!r} after {time.perf_counter() - t0:.2f} s")
                 latencies.append(time.perf_counter() - t0)

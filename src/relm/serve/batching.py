@@ -1,7 +1,8 @@
 """`SearchBatcher`: concurrent search requests gathered into one retriever call per identical options.
 
 A request (a key, e.g. (retriever kind, SearchOptions), and its query texts) waits at most `window_s`
-for others; a worker then takes the oldest request's key and every pending request with the same key, up
+for others (not at all when it came alone: the request before it more than a window earlier and the last
+batch a single request); a worker then takes the oldest request's key and every pending request with the same key, up
 to `max_batch` queries (a single larger request goes alone), runs `run(key, texts)` once in a thread and
 hands each request its own rows. While the `workers` threads are busy, requests keep gathering, so the
 batch grows with the load instead of the queue. Rows are per query, so a request gets what it would get
@@ -27,6 +28,7 @@ class _Request:
     texts: list[str]
     future: asyncio.Future
     arrived: float = field(default_factory=time.perf_counter)
+    gap: float = float("inf")  # seconds since the request before it arrived
 
 
 def take_group(pending: list[_Request], max_batch: int) -> tuple[list[_Request], list[_Request]]:
@@ -58,6 +60,8 @@ class SearchBatcher:
         self.n_workers = workers
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_arrival = float("-inf")
+        self._last_group = 0
         self._tasks: list[asyncio.Task] = []
 
     def _start(self) -> None:
@@ -71,7 +75,9 @@ class SearchBatcher:
         """The rows for `texts` under `key`, computed with whatever else arrives meanwhile."""
         self._start()
         future = asyncio.get_running_loop().create_future()
-        self.pending.append(_Request(key, list(texts), future))
+        request = _Request(key, list(texts), future)
+        request.gap, self._last_arrival = request.arrived - self._last_arrival, request.arrived
+        self.pending.append(request)
         self._wake.set()
         return await future
 
@@ -84,13 +90,14 @@ class SearchBatcher:
                 self._wake.clear()
                 continue
             wait = self.window_s - (time.perf_counter() - self.pending[0].arrived)
-            if wait > 0 and sum(len(r.texts) for r in self.pending) < self.max_batch:
+            if wait > 0 and self._others_coming() and sum(len(r.texts) for r in self.pending) < self.max_batch:
                 await asyncio.sleep(wait)
             group, self.pending = take_group([r for r in self.pending if not r.future.done()], self.max_batch)
             if not self.pending:
                 self._wake.clear()
             if not group:
                 continue
+            self._last_group = len(group)
             texts = [t for r in group for t in r.texts]
             if self.on_batch is not None:
                 self.on_batch(len(group), len(texts))
@@ -106,6 +113,11 @@ class SearchBatcher:
                 if not r.future.done():
                     r.future.set_result(list(rows[start:start + len(r.texts)]))
                 start += len(r.texts)
+
+    def _others_coming(self) -> bool:
+        """Whether waiting for the window can gather anything: requests arrive closer together than the
+        window, or the last batch carried several. A lone client (one request at a time) is not held."""
+        return len(self.pending) > 1 or self.pending[0].gap < self.window_s or self._last_group > 1
 
     async def close(self) -> None:
         for t in self._tasks:
