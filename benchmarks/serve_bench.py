@@ -239,11 +239,14 @@ def table(report: dict[str, Any]) -> str:
     for level in report["search"]:
         lines.append(f"| {level['concurrency']} | {level['qps']:.0f} | {level['ratio']:.2f} | {level['p50_ms']:.1f} | "
                      f"{level['p99_ms']:.1f} | {level['non_200'] or 0} |")
-    g = report["generate"]
-    lines += ["", f"/generate, {g['clients']} concurrent streams x {g['max_new_tokens']} tokens ({g['generations']} "
-              f"generations, SmolLM2 greedy, k=2 every 16 tokens): {g['tokens_per_s_per_stream']:.1f} tokens/s per "
-              f"stream, {g['tokens_per_s_total']:.1f} in total; time to first token p50 {g['ttft_s_p50']:.2f} s "
-              f"(max {g['ttft_s_max']:.2f} s)."]
+    gens = report["generate"] if isinstance(report["generate"], list) else [report["generate"]]
+    lines += ["", f"/generate streamed, {gens[0]['generations']} generations x {gens[0]['max_new_tokens']} tokens per "
+              f"level (SmolLM2 greedy, k=2 every 16 tokens, {report.get('gen_threads', 2)} generation threads):", "",
+              "| streaming clients | tokens/s per stream | tokens/s total | time to first token p50 / max s |",
+              "|---|---|---|---|"]
+    for g in gens:
+        lines.append(f"| {g['clients']} | {g['tokens_per_s_per_stream']:.2f} | {g['tokens_per_s_total']:.2f} | "
+                     f"{g['ttft_s_p50']:.2f} / {g['ttft_s_max']:.2f} |")
     f = report["faults"]
     s = f["search_under_faults"]
     lines += ["", f"Faults during a 32-client search load ({s['answered']:,} searches, {s['qps']:.0f}/s): malformed "
@@ -269,8 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,8,32,128")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--gen-clients", type=int, default=4)
+    ap.add_argument("--gen-clients", default="1,4", help="concurrent streaming clients, per level (1: the baseline)")
     ap.add_argument("--gen-prompts", type=int, default=8)
+    ap.add_argument("--gen-threads", type=int, default=2, help="the server's --gen-threads")
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--time-limit", type=float, default=120, help="seconds per load level at most")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -295,9 +299,10 @@ def main(argv=None) -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(scratch / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "relm", "serve", str(ds_path), "--port", str(port), "--retriever",
-                               args.retriever, "--index", args.index, "--api-key", KEY, "--max-batch", str(args.max_batch),
-                               "--max-body-bytes", str(1 << 20)], env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "relm", "serve", str(ds_path), "--port", str(port), "--retriever", args.retriever,
+               "--index", args.index, "--api-key", KEY, "--max-batch", str(args.max_batch), "--max-body-bytes",
+               str(1 << 20), "--gen-threads", str(args.gen_threads)]
+    server = subprocess.Popen(command, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     import httpx
 
     try:
@@ -331,8 +336,10 @@ def main(argv=None) -> int:
                            "non_200": {k: sum(r["non_200"].get(k, 0) for r in runs)
                                        for r0 in runs for k in r0["non_200"]}, "runs": runs})
         prompts = [" ".join(d["text"].split()[:64]) for d in docs[: args.gen_prompts]]
-        say(f"(c) {args.gen_clients} streaming clients")
-        generate = asyncio.run(generation_load(url, prompts, args.gen_clients, args.gen_tokens))
+        generate = []
+        for clients in (int(c) for c in args.gen_clients.split(",")):
+            say(f"(c) {clients} streaming clients")
+            generate.append(asyncio.run(generation_load(url, prompts, clients, args.gen_tokens)))
         say("faults")
         fault = asyncio.run(faults(url, ds_path, queries, docs[-3:], args.time_limit))
     finally:
@@ -342,7 +349,8 @@ def main(argv=None) -> int:
     report = {"datastore": str(base), "passages": len(retriever.ds), "retriever": retriever.describe(),
               "queries": len(queries), "query_words": args.query_words, "k": args.k, "rounds": args.rounds,
               "max_batch": args.max_batch, "index_only_qps": a, "index_only_runs": a_runs, "search": search,
-              "generate": generate, "faults": fault, "cpus": os.cpu_count()}
+              "generate": generate, "gen_threads": args.gen_threads, "faults": fault, "cpus": os.cpu_count(),
+              "load_average": os.getloadavg()}
     text = table(report)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
