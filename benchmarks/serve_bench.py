@@ -292,6 +292,12 @@ def main(argv=None) -> int:
     ds_path = scratch / "ds"
     queries, docs = held_out(args.requests, args.query_words)
     levels = [int(c) for c in args.concurrency.split(",")]
+    import torch
+
+    from relm.serve import ServeConfig
+
+    # (a) with the intra-op threads the server gives each of its torch calls (side by side, same setting)
+    torch.set_num_threads(ServeConfig(str(ds_path), gen_threads=args.gen_threads).torch_threads_for(os.cpu_count()))
     config = RetrieverConfig(args.retriever, index=args.index)
     retriever = Retriever(Datastore.open(ds_path), config)
     retriever.search_ids(queries[:8], 1)  # load the encoder
@@ -349,7 +355,8 @@ def main(argv=None) -> int:
     report = {"datastore": str(base), "passages": len(retriever.ds), "retriever": retriever.describe(),
               "queries": len(queries), "query_words": args.query_words, "k": args.k, "rounds": args.rounds,
               "max_batch": args.max_batch, "index_only_qps": a, "index_only_runs": a_runs, "search": search,
-              "generate": generate, "gen_threads": args.gen_threads, "faults": fault, "cpus": os.cpu_count(),
+              "generate": generate, "gen_threads": args.gen_threads,
+              "torch_threads": torch.get_num_threads(), "faults": fault, "cpus": os.cpu_count(),
               "load_average": os.getloadavg()}
     text = table(report)
     print(text)

@@ -609,3 +609,9 @@ def test_hit_rows_are_hit_to_dict(hds):
     assert hit_row(hit) == {**hit.to_dict(), "metadata": {"a": [1.0, None], "b": {"c": "x"}}}
     hit.metadata = {"k": 1}
     assert hit_row(hit) == hit.to_dict()
+
+
+def test_torch_threads_share_the_cpus():
+    c = ServeConfig("ds", search_threads=1, gen_threads=2)
+    assert c.torch_threads_for(2) == 1 and c.torch_threads_for(32) == 10 and c.torch_threads_for(None) == 1
+    assert ServeConfig("ds", torch_threads=3).torch_threads_for(2) == 3

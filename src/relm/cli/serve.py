@@ -50,6 +50,8 @@ def register(sub) -> None:
     b.add_argument("--gen-threads", type=int, default=2, metavar="N", help="generations running at once")
     b.add_argument("--refresh-s", type=float, default=0.5, metavar="S",
                    help="check for a new datastore revision at most this often")
+    b.add_argument("--torch-threads", type=int, metavar="N",
+                   help="torch intra-op threads (default: CPUs / (search + generation threads), at least 1)")
     add_retriever_arguments(p)
     p.set_defaults(run=run)
 
@@ -67,7 +69,16 @@ def serve_config(args):
         max_queries=args.max_queries, max_k=args.max_k, max_prompt_chars=args.max_prompt_chars,
         max_tokens=args.max_tokens, timeout_s=args.timeout, batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch, search_threads=args.search_threads, gen_threads=args.gen_threads,
-        refresh_s=args.refresh_s)
+        refresh_s=args.refresh_s, torch_threads=args.torch_threads)
+
+
+def set_torch_threads(config) -> int:
+    """torch's intra-op threads for a server process (`ServeConfig.torch_threads_for`); process-wide, so set
+    here by the command, not by the library."""
+    import torch
+
+    torch.set_num_threads(config.torch_threads_for(os.cpu_count()))
+    return torch.get_num_threads()
 
 
 def worker_app():
@@ -78,6 +89,7 @@ def worker_app():
 
     _configure_logging(verbose=False, quiet=False)  # a fresh process: relm's log lines, as in the parent
     config = ServeConfig.from_dict(json.loads(os.environ[ENV_CONFIG]))
+    set_torch_threads(config)
     return create_app(ServerState(config, api_key=resolve_api_key(None)), load=True)
 
 
@@ -97,8 +109,10 @@ def run(args) -> int:
     if not os.path.isdir(config.datastore):
         raise ConfigError(f"{config.datastore}: no such datastore directory (build one with `relm build`)")
     where = f"http://{args.host}:{args.port}"
-    log.info("relm serve: %s at %s (%s); loading%s", config.datastore, where,
-             "API key required" if key else "no API key", f", {args.workers} workers" if args.workers > 1 else "")
+    threads = set_torch_threads(config)
+    log.info("relm serve: %s at %s (%s; %d torch threads); loading%s", config.datastore, where,
+             "API key required" if key else "no API key", threads,
+             f", {args.workers} workers" if args.workers > 1 else "")
     common = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_level": "info",
               "timeout_graceful_shutdown": 5}
     if args.workers > 1:
