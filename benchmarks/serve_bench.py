@@ -1,6 +1,7 @@
 """`relm serve` under load, then under faults, on the pydocs datastore with an IVF-PQ index, over loopback.
 
-(a) index only: the same Retriever in-process, batches of --max-batch held-out queries (encoder + faiss);
+(a) index only: the same Retriever in-process (encoder + faiss, ids only), at its best batch size of
+    --a-batches (on a CPU small batches encode fastest; taking the best keeps (b)/(a) honest);
 (b) end to end: one query per POST /search from --concurrency clients at once (httpx, asyncio), queries/s and
     p50/p99 latency, a fixed number of requests per level; (a) and each (b) level alternate for --rounds
     rounds (medians), so the (b)/(a) ratios are taken side by side;
@@ -233,8 +234,11 @@ async def faults(base: str, ds: Path, queries: list[str], new_docs: list[dict], 
 
 def table(report: dict[str, Any]) -> str:
     a = report["index_only_qps"]
-    lines = [f"Index only (a): {a:.0f} queries/s (median of {report['rounds']} rounds; batches of "
-             f"{report['max_batch']}, in-process; {report['retriever']}).", "",
+    by = report.get("index_only_by_batch")
+    best = (", per batch size " + ", ".join(f"{b}: {statistics.median(r[b] for r in by):.0f}" for b in by[0])) \
+        if by else ""
+    lines = [f"Index only (a): {a:.0f} queries/s (median over {report['rounds']} rounds of the best batch size{best}; "
+             f"in-process; {report['retriever']}; server --max-batch {report['max_batch']}).", "",
              "| /search concurrency | queries/s (b) | (b)/(a) | p50 ms | p99 ms | non-200 |", "|---|---|---|---|---|---|"]
     for level in report["search"]:
         lines.append(f"| {level['concurrency']} | {level['qps']:.0f} | {level['ratio']:.2f} | {level['p50_ms']:.1f} | "
@@ -271,7 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--concurrency", default="1,8,32,128")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=8, help="the server's --max-batch")
+    ap.add_argument("--a-batches", default="1,4,8,16,64", help="(a): batch sizes tried; the best counts")
     ap.add_argument("--gen-clients", default="1,4", help="concurrent streaming clients, per level (1: the baseline)")
     ap.add_argument("--gen-prompts", type=int, default=8)
     ap.add_argument("--gen-threads", type=int, default=2, help="the server's --gen-threads")
@@ -322,10 +327,14 @@ def main(argv=None) -> int:
                 pass
             time.sleep(0.1)
         asyncio.run(search_load(url, queries[:64], 8, args.k, 60))  # warm up
-        a_runs, b_runs = [], {c: [] for c in levels}
+        a_runs, a_by_batch, b_runs = [], [], {c: [] for c in levels}
+        a_batches = [int(b) for b in args.a_batches.split(",")]
         for rnd in range(args.rounds):
-            a_runs.append(index_only(retriever, queries, args.max_batch, args.k))
-            say(f"round {rnd + 1}: (a) {a_runs[-1]:.0f} q/s")
+            by_batch = {b: index_only(retriever, queries[:128], b, args.k) for b in a_batches}
+            a_runs.append(max(by_batch.values()))
+            a_by_batch.append(by_batch)
+            say(f"round {rnd + 1}: (a) {a_runs[-1]:.0f} q/s (" + ", ".join(f"{b}: {q:.0f}" for b, q in by_batch.items())
+                + ")")
             for c in levels:
                 b_runs[c].append(asyncio.run(search_load(url, queries, c, args.k, args.time_limit)))
                 r = b_runs[c][-1]
@@ -354,7 +363,8 @@ def main(argv=None) -> int:
         log.close()
     report = {"datastore": str(base), "passages": len(retriever.ds), "retriever": retriever.describe(),
               "queries": len(queries), "query_words": args.query_words, "k": args.k, "rounds": args.rounds,
-              "max_batch": args.max_batch, "index_only_qps": a, "index_only_runs": a_runs, "search": search,
+              "max_batch": args.max_batch, "index_only_qps": a, "index_only_runs": a_runs,
+              "index_only_by_batch": a_by_batch, "search": search,
               "generate": generate, "gen_threads": args.gen_threads,
               "torch_threads": torch.get_num_threads(), "faults": fault, "cpus": os.cpu_count(),
               "load_average": os.getloadavg()}

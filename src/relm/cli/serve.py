@@ -45,7 +45,8 @@ def register(sub) -> None:
     b.add_argument("--max-tokens", type=int, default=1024, metavar="N", help="new tokens per generation")
     b.add_argument("--batch-window-ms", type=float, default=3.0, metavar="MS",
                    help="how long a search waits for others to share its retriever call")
-    b.add_argument("--max-batch", type=int, default=64, metavar="N", help="queries per retriever call")
+    b.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="queries per retriever call (on a CPU the encoder is fastest at 4-8; raise it on a GPU)")
     b.add_argument("--search-threads", type=int, default=1, metavar="N", help="retriever calls running at once")
     b.add_argument("--gen-threads", type=int, default=2, metavar="N", help="generations running at once")
     b.add_argument("--refresh-s", type=float, default=0.5, metavar="S",

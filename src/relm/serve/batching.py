@@ -52,7 +52,7 @@ class SearchBatcher:
     `on_batch(n_requests, n_queries)` is told each batch's size (metrics)."""
 
     def __init__(self, run: Callable[[Hashable, list[str]], Sequence[Any]], *, window_s: float = 0.003,
-                 max_batch: int = 64, workers: int = 1, on_batch: Callable[[int, int], None] | None = None):
+                 max_batch: int = 8, workers: int = 1, on_batch: Callable[[int, int], None] | None = None):
         self.run, self.window_s, self.max_batch = run, window_s, max_batch
         self.on_batch = on_batch
         self.pending: list[_Request] = []
