@@ -33,11 +33,12 @@ from . import (
     retro,
     scale,
     search,
+    serve,
 )
 from .common import HelpFormatter
 
 SUBCOMMANDS = (build, info, search, index, index_eval, add, delete, compact, recover, eval, eval_retrieval, generate, qa,
-               scale, quickstart, retro)
+               serve, scale, quickstart, retro)
 
 
 def make_parser() -> argparse.ArgumentParser:

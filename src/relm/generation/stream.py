@@ -252,9 +252,10 @@ def _next_retrieval(retrieve, config, t, context, query_for, pool, pending, timi
 
 
 async def agenerate_stream(lm, retriever, prompt: str, config: GenerationConfig | None = None, *,
-                           search_options=None, query: str | None = None) -> AsyncIterator[Any]:
-    """`generate_stream` as an async iterator: the LM runs in a worker thread and the events come through an
-    asyncio queue, so the event loop stays free; leaving the loop early cancels the generation."""
+                           search_options=None, query: str | None = None, executor=None) -> AsyncIterator[Any]:
+    """`generate_stream` as an async iterator: the LM runs in a worker thread (of `executor`, default the
+    loop's) and the events come through an asyncio queue, so the event loop stays free; leaving the loop
+    early cancels the generation."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
@@ -270,7 +271,7 @@ async def agenerate_stream(lm, retriever, prompt: str, config: GenerationConfig 
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, end)
 
-    worker = loop.run_in_executor(None, work)
+    worker = loop.run_in_executor(executor, work)
     try:
         while True:
             item = await queue.get()
