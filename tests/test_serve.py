@@ -435,7 +435,7 @@ def server_errors(base: str) -> float:
                if line.startswith("relm_errors_total{") and 'status="5' in line)
 
 
-@pytest.mark.slow  # the server process loads torch, MiniLM and the LM (~10 s on 2 busy cores)
+# one server process (loads torch, MiniLM and the LM: ~10 s on 2 busy cores) serves these four tests
 def test_the_openai_client_works_against_relm(server):
     import openai
 
@@ -463,7 +463,6 @@ def test_the_openai_client_works_against_relm(server):
         client.completions.create(model="relm", prompt="x", max_tokens=100_000)
 
 
-@pytest.mark.slow
 def test_a_client_that_disconnects_mid_stream_cancels_its_generation(server):
     base = server["base"]
     before = metric(base, 'relm_generations_total{finish="disconnected"}')
@@ -484,7 +483,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(server):
     assert httpx.get(f"{base}/health").json()["ready"]
 
 
-@pytest.mark.slow  # `relm add` loads MiniLM in its own process
+# `relm add` loads MiniLM in its own process
 def test_relm_add_while_serving_is_picked_up_without_dropping_requests(server):
     import subprocess
     import sys
@@ -573,7 +572,7 @@ def chromium_driver():
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
 
 
-@pytest.mark.slow  # Chromium starts in seconds; the server fixture loads models
+# Chromium starts in seconds; the server fixture loads models
 def test_the_page_in_a_real_browser(server, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
