@@ -137,8 +137,9 @@ def generate_stream(lm, retriever, prompt: str, config: GenerationConfig | None 
     t_start = time.perf_counter()
     reason = "length"
 
+    first_query = query if query is not None and query.strip() else prompt
+
     def query_for(ids: list[int], first: bool) -> str:
-        first_query = query if query is not None and query.strip() else prompt
         return (first_query if first else lm.decode(ids[-config.query_tokens:]).strip()) or first_query
 
     def rebuild() -> LMState:
