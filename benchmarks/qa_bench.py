@@ -23,6 +23,10 @@ once; --zero-shot-plain turns that off). Greedy, stop at a newline, at most --ma
     python benchmarks/qa_bench.py                                       # everything (hours; see docs/results.md)
     python benchmarks/qa_bench.py --questions 60 --tune-questions 0 --conditions 'closed-k0-shots3,bm25-k3-shots3'
     python benchmarks/qa_bench.py --list                                # the condition names
+    python benchmarks/qa_bench.py --phase recall --out benchmarks/results/qa_recall.json   # retrieval only
+
+`--phase recall` measures the retrieval side alone (no LM): answer recall@1, 3, 5, 20, 100 of every
+retriever on the scored sample and on all the questions (the top-20 and top-100 accuracy DPR reports).
 
 Results go to --out (benchmarks/results/qa_bench.json) after every condition; a rerun skips the
 conditions already there for the same questions and settings (resume), then prints the table. To use both
@@ -135,6 +139,53 @@ def run_phase(phase: str, items, examples, todo, report, args, lm, ds, out: Path
         save(out, report)
 
 
+RECALL_KS = (1, 3, 5, 20, 100)
+
+
+def recall_phase(ds, items, scored, args) -> dict[str, Any]:
+    """Answer recall@k (RECALL_KS) of each retriever, on the scored sample (with a bootstrap interval)
+    and on every question; the passages are searched once per retriever at the largest k."""
+    from relm.eval.answers import answer_recall
+    from relm.eval.retrieval import paired_bootstrap
+    from relm.qa.context import retrieve_all
+    from relm.retrieval.retriever import Retriever
+
+    def mean_ci(x: list[float]) -> dict[str, float]:  # the percentile interval of a mean: x against zeros
+        b = paired_bootstrap(x, [0.0] * len(x), n_boot=args.bootstrap)
+        return {"mean": b["mean_diff"], "ci_low": b["ci_low"], "ci_high": b["ci_high"], "n": b["n"]}
+
+    scored_ids = {q.id for q in scored}
+    out: dict[str, Any] = {}
+    for rname, config in retriever_configs().items():
+        t0 = time.perf_counter()
+        found = retrieve_all(Retriever(ds, config), [q.question for q in items], max(RECALL_KS))
+        secs = time.perf_counter() - t0
+        hits = {k: [answer_recall(q.answers, f.top(k).texts) for q, f in zip(items, found, strict=True)]
+                for k in RECALL_KS}
+        mask = [q.id in scored_ids for q in items]
+        out[rname] = {"retriever_config": config.to_dict(), "search_seconds": round(secs, 2),
+                      "all": {str(k): float(np.mean(h)) for k, h in hits.items()},
+                      "scored": {str(k): mean_ci([x for x, m in zip(h, mask, strict=True) if m])
+                                 for k, h in hits.items()}}
+        say(f"recall {rname}: " + ", ".join(f"@{k} {out[rname]['all'][str(k)]:.4f}" for k in RECALL_KS)
+            + f" (all {len(items):,} questions; {secs:.0f}s)")
+    return {"questions_all": len(items), "questions_scored": len(scored), "ks": list(RECALL_KS), "retrievers": out}
+
+
+def recall_table(block: dict[str, Any]) -> str:
+    ks = block["ks"]
+    lines = [f"Answer recall@k, all {block['questions_all']:,} questions (scored sample of "
+             f"{block['questions_scored']:,} [95% CI] below)", "",
+             "| retriever | " + " | ".join(f"@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for rname, r in block["retrievers"].items():
+        lines.append(f"| {rname} | " + " | ".join(f"{r['all'][str(k)]:.4f}" for k in ks) + " |")
+    for rname, r in block["retrievers"].items():
+        lines.append(f"| {rname} (scored) | " + " | ".join(
+            f"{r['scored'][str(k)]['mean']:.4f} [{r['scored'][str(k)]['ci_low']:.3f}, {r['scored'][str(k)]['ci_high']:.3f}]"
+            for k in ks) + " |")
+    return "\n".join(lines)
+
+
 def compare(block: dict[str, Any], n_boot: int) -> dict[str, Any]:
     """Each retrieval condition against closed-book with the same shots: paired bootstrap over questions."""
     from relm.eval.retrieval import paired_bootstrap
@@ -220,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ks", default="1,3,5", help="passages per question besides closed-book")
     ap.add_argument("--shots", default="0,3", help="few-shot examples (at most 8)")
     ap.add_argument("--conditions", default="*", help="comma list of condition names or globs (see --list)")
-    ap.add_argument("--phase", choices=["tune", "test", "both"], default="both")
+    ap.add_argument("--phase", choices=["tune", "test", "both", "recall"], default="both")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--zero-shot-plain", action="store_true", help="zero-shot prompts as plain text, not a chat turn")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: no oversubscription on a busy box)")
@@ -260,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     if report and report.get("meta", {}).get("settings") != settings:
         sys.exit(f"qa_bench: {args.out} was run with other settings ({report['meta']['settings']}); pass another --out")
     ds = Datastore.open(args.datastore)
+    if args.phase == "recall":
+        report["meta"] = {"settings": settings, "passages": len(ds), "command": "python benchmarks/qa_bench.py "
+                          + " ".join(argv if argv is not None else sys.argv[1:])}
+        report["recall"] = recall_phase(ds, items, test, args)
+        save(args.out, report)
+        print(recall_table(report["recall"]))
+        return 0
     lm = load_lm(LMConfig(threads=args.threads))
     report["meta"] = {"settings": settings, "lm": lm.name, "lm_identity": lm.identity(), "passages": len(ds),
                       "examples": [{"id": q.id, "question": q.question, "answer": q.gold} for q in examples],

@@ -316,6 +316,27 @@ def test_multiple_choice_against_a_direct_log_prob(tiny_lm, qa_ds, qa_items):
     assert set(summary) == {"k0-shots1", "k2-shots1"} and "acc_norm" in summary["k2-shots1"]["vs_closed_book"]
 
 
+def test_continuations_share_one_context_state(tiny_lm):
+    """score_continuation leaves the context's state as it was, so each choice sees the same context, and
+    agrees with a full forward of context + continuation."""
+    from relm.lm.continuations import score_continuation
+
+    ctx, conts = tiny_lm.encode("The whale and the king")[0], [tiny_lm.encode(" of the sea")[0], tiny_lm.encode(" wolf")[0]]
+    state = tiny_lm.prefill(ctx)
+    before = (state.ids.copy(), state.logits.copy())
+    first = [score_continuation(tiny_lm, state, c) for c in conts]
+    again = [score_continuation(tiny_lm, state, c) for c in conts]
+    assert np.array_equal(state.ids, before[0]) and np.array_equal(state.logits, before[1])
+    for (lp, greedy), (lp2, greedy2), c in zip(first, again, conts, strict=True):
+        assert np.array_equal(lp, lp2) and greedy == greedy2 and len(lp) == len(c)
+        with torch.inference_mode():
+            logp = torch.log_softmax(tiny_lm.model(torch.as_tensor(np.concatenate([ctx, c]))[None]).logits[0].double(), -1)
+        direct = [float(logp[len(ctx) + t - 1, c[t]]) for t in range(len(c))]
+        assert lp == pytest.approx(direct, abs=1e-4)
+    with pytest.raises(ConfigError, match="at least one token"):
+        score_continuation(tiny_lm, state, [])
+
+
 # -- the CLI ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture

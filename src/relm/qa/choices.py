@@ -4,7 +4,8 @@ log-likelihood; the prediction is the most likely choice, raw (sum of the choice
 length-normalized (that sum over the choice's characters, lm-evaluation-harness's acc_norm).
 
 log p(choice | context) = sum_t log p(c_t | context, c_<t), with the context and the choice tokenized
-apart (the choice after a space, unless the context ends in whitespace) so every choice shares one context.
+apart (the choice after a space, unless the context ends in whitespace) so every choice shares one context,
+prefilled once (the step API), each choice fed after it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..lm.base import ScoreRequest, chat_text
+from ..lm.base import chat_text
+from ..lm.continuations import score_continuation
 from .context import Found
 from .data import QAItem
 from .prompts import QAPrompt
@@ -27,16 +29,17 @@ def continuation(context: str, choice: str) -> str:
     return choice if context[-1:].isspace() else " " + choice
 
 
-def choice_requests(lm, context: str, choices: Sequence[str]) -> list[ScoreRequest]:
-    """One request per choice: the context's tokens then the choice's, the choice's tokens scored."""
-    ctx = lm.encode(context)[0]
-    out = []
+def choice_logprobs(lm, context: str, choices: Sequence[str]) -> list[np.ndarray]:
+    """Per choice, the log-probs of its tokens after the context: the context prefilled once, each choice
+    fed on a copy of its state (`relm.lm.continuations`)."""
+    conts = []
     for c in choices:
         ids = lm.encode(continuation(context, c))[0]
         if len(ids) == 0:
             raise ConfigError(f"choice {c!r} has no tokens")
-        out.append(ScoreRequest(np.concatenate([ctx, ids]).astype(np.int64), len(ids)))
-    return out
+        conts.append(ids)
+    state = lm.prefill(lm.encode(context)[0])
+    return [score_continuation(lm, state, ids)[0] for ids in conts]
 
 
 def choice_scores(logprobs: Sequence[np.ndarray], choices: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +66,7 @@ def run_choices(lm, prompt: QAPrompt, items: Sequence[QAItem], found: Sequence[F
         longest = max(len(lm.encode(" " + c)[0]) for c in item.choices)
         kept = fitted(lm, prompt, shots, item, f, k, config.chat, longest + 1)
         context = choice_context(lm, prompt, shots, item, kept.texts, k, config.chat)
-        raw, norm = choice_scores(lm.score(choice_requests(lm, context, item.choices), show_progress=False),
-                                  item.choices)
+        raw, norm = choice_scores(choice_logprobs(lm, context, item.choices), item.choices)
         pick_raw, pick_norm = int(np.argmax(raw)), int(np.argmax(norm))
         top = f.top(k)
         if bar is not None:

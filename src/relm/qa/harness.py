@@ -37,6 +37,7 @@ except ImportError as e:  # an optional dependency (the dev extra has it)
 
 from ..errors import ConfigError
 from ..generation.config import render_prompt
+from ..lm.continuations import score_continuation
 from .context import Found, FoundPassages, fit_passages, retrieve_all
 
 log = logging.getLogger(__name__)
@@ -121,18 +122,8 @@ class RetrievalLM(LM):
             if len(ctx) == 0:  # an empty context: condition on the end-of-text token, as lm-eval's HF model does
                 ctx = np.asarray([self.lm.eos_id or 0], dtype=np.int64)
             state = self.lm.prefill(ctx, reuse=state)  # choices after one context reuse its KV cache
-            base = state
-            total, greedy = 0.0, True
-            for t, token in enumerate(cont):
-                logits = np.asarray(state.logits, dtype=np.float64)
-                logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
-                total += float(logp[token])
-                greedy &= int(np.argmax(logits)) == int(token)
-                if t + 1 < len(cont):
-                    if state is base:
-                        state = self.lm.prefill(ctx, reuse=base)  # a copy: the context's state stays reusable
-                    self.lm.step(state, [int(token)])
-            state = base
+            logp, greedy = score_continuation(self.lm, state, cont)
+            total = float(logp.sum())
             out.append((total, bool(greedy)))
         return out
 
