@@ -329,8 +329,24 @@ def main(argv: list[str] | None = None) -> int:
     report["comparisons"] = compare(report.get("test", {"conditions": {}}), args.bootstrap)
     report["chosen"] = choose(report.get("tune", {}))
     save(args.out, report)
+    plots(report, args.out)
     print(table(report))
     return 0
+
+
+def plots(report: dict[str, Any], out: Path) -> None:
+    """EM, F1 and answer recall against k, per retriever, on each sample that ran a k sweep
+    (OUT_tune-RETRIEVER.png, OUT_test-RETRIEVER.png beside --out)."""
+    from relm.qa.report import plot_qa
+
+    for phase in ("tune", "test"):
+        conds = report.get(phase, {}).get("conditions", {})
+        for r in sorted({c["retriever"] for c in conds.values() if c["retriever"]}):
+            sweep = {n: c for n, c in conds.items() if c["retriever"] in (r, None)}
+            if len({c["k"] for c in sweep.values()}) > 2:
+                path = plot_qa(sweep, out.with_name(f"{out.stem}_{phase}-{r}.png"),
+                               title=f"SQuAD v1.1 dev, {report[phase]['questions']} {phase} questions, {r}")
+                say(f"plot: {path}")
 
 
 if __name__ == "__main__":
