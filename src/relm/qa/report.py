@@ -96,13 +96,15 @@ def plot_qa(conditions: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
     styles = ["-", "--", ":", "-."]
     for i, m in enumerate(metrics):
         for j, s in enumerate(shots):
-            pts = sorted((c["k"], c[m]) for c in conditions.values()
-                         if c["shots"] == s and c.get(m) is not None)
+            if m == "recall":  # recall does not depend on the examples: one line over every k that ran
+                if j:
+                    continue
+                pts = sorted({c["k"]: c[m] for c in conditions.values() if c.get(m) is not None}.items())
+            else:
+                pts = sorted((c["k"], c[m]) for c in conditions.values() if c["shots"] == s and c.get(m) is not None)
             if not pts:
                 continue
             label = LABELS[m] + (f", {s}-shot" if len(shots) > 1 and m != "recall" else "")
-            if m == "recall" and j:
-                continue  # recall does not depend on the examples
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=cycle[i % len(cycle)],
                     linestyle=":" if m == "recall" else styles[j % len(styles)], label=label)
     ks = sorted({c["k"] for c in conditions.values()})
