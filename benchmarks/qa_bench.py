@@ -255,6 +255,7 @@ def merge(paths: list[Path], out: Path, n_boot: int) -> int:
     report["comparisons"] = compare(report.get("test", {"conditions": {}}), n_boot)
     report["chosen"] = choose(report.get("tune", {}))
     save(out, report)
+    plots(report, out)
     print(table(report))
     return 0
 
