@@ -219,9 +219,42 @@ def test_relm_search_with_ray_prints_what_local_search_prints(sharded_ds, ray_se
     assert capsys.readouterr().out == local and local.count("\n") == 5 * 3
     assert main(["search", *args, "--ray-address", "auto"]) == 2
     assert "--ray-address needs --ray" in capsys.readouterr().err
+    assert main(["index", str(sharded_ds.root), "--name", "km-cli", "--shards", "4", "--ray"]) == 0
+    a, b = (sharded_ds.root / "indexes" / "km", sharded_ds.root / "indexes" / "km-cli")
+    assert all((a / f"shard-{s:04d}.faiss").read_bytes() == (b / f"shard-{s:04d}.faiss").read_bytes() for s in range(4))
+    assert main(["index", str(sharded_ds.root), "--name", "x", "--ray"]) == 2
+    assert "--ray builds sharded indexes" in capsys.readouterr().err
 
 
 def _query_file(ds) -> Path:
     path = ds.root.parent / "queries.tsv"
     path.write_text("".join(f"q{i}\t{ds.passage(i * 7)}\n" for i in range(3)))
     return path
+
+
+def test_serve_with_ray_answers_as_local_and_follows_an_add(tmp_path, ray_session):
+    pytest.importorskip("fastapi")
+    from relm.datastore import update as U
+    from relm.retrieval.options import SearchOptions
+    from relm.retrieval.sharding import ShardConfig, build_sharded_index
+    from relm.serve import ServeConfig, ServerState
+
+    ds = build_hash_datastore(tmp_path, n_docs=60)
+    build_sharded_index(ds, "km", ShardConfig(by="kmeans", n_shards=3))
+    retriever = {"kind": "sharded", "index": "km"}
+    local = ServerState(ServeConfig(str(ds.root), retriever=retriever, lm=None), datastore=ds)
+    remote = ServerState(ServeConfig(str(ds.root), retriever=retriever, lm=None, refresh_s=0,
+                                     ray={"shard_timeout_s": 20}), datastore=ds)
+    local.load(), remote.load()
+    try:
+        texts = [ds.passage(3), ds.passage(40)]
+        key = ("sharded", SearchOptions(k=5))
+        assert remote.search_rows(key, texts) == local.search_rows(key, texts)
+        assert remote.info()["serving"]["retrievers"]["sharded"]["ray"] is True
+        extra = write_jsonl(tmp_path / "extra.jsonl", [{"id": "new", "text": make_text(999, 24)}])
+        U.add_documents(ds, [extra], encoder=HashEncoder())
+        remote.refresh(force=True)
+        new = remote.ds.passage(len(remote.ds) - 1)
+        assert remote.search_rows(key, [new])[0][0]["doc_id"] == "new"
+    finally:
+        local.close(), remote.close()
