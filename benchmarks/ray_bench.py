@@ -72,7 +72,8 @@ def bench_build(pairs: int, work: Path) -> dict:
             "byte_identical": all(r.get("identical_to_local", True) for r in rows)}
 
 
-def bench_search(passages: int, dim: int, shard_counts: list[int], pairs: int, work: Path) -> dict:
+def bench_search(passages: int, dim: int, shard_counts: list[int], pairs: int, work: Path, threads: int) -> dict:
+    import faiss
     import ray
 
     from relm.datastore import Datastore
@@ -85,7 +86,8 @@ def bench_search(passages: int, dim: int, shard_counts: list[int], pairs: int, w
     ds = Datastore.open(root)
     queries = next(clustered_vectors(64 * 4, dim, seed=1, stream=2)).astype(np.float32)
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False)
-    shards = RayShards(RayConfig(shard_timeout_s=120))
+    shards = RayShards(RayConfig(shard_timeout_s=120, shard_threads=threads))
+    faiss.omp_set_num_threads(threads)  # the in-process search gets the threads each shard actor has
     out = []
     for s in shard_counts:
         name = f"km{s}"
@@ -121,7 +123,8 @@ def bench_search(passages: int, dim: int, shard_counts: list[int], pairs: int, w
         out.append(row)
     shards.close()
     ray.shutdown()
-    return {"passages": passages, "dim": dim, "queries": len(queries), "k": 10, "batch": 64, "rows": out}
+    return {"passages": passages, "dim": dim, "queries": len(queries), "k": 10, "batch": 64, "faiss_threads": threads,
+            "rows": out}
 
 
 def table(results: dict) -> str:
@@ -151,13 +154,16 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--shards", default="1,2,4,8")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="faiss threads of the in-process search and of each shard actor (1: on 2 busy cores a "
+                    "second OpenMP thread waits for the first)")
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["machine"] = {"cpus": os.cpu_count(), "note": "2 cores shared with a QA benchmark and other engineers"}
     with tempfile.TemporaryDirectory(prefix="ray_bench_") as tmp:
         if not args.skip_search:
             results["search"] = bench_search(args.passages, args.dim, [int(x) for x in args.shards.split(",")],
-                                             args.pairs, Path(tmp))
+                                             args.pairs, Path(tmp), args.threads)
         if not args.skip_build:
             results["build"] = bench_build(args.pairs, Path(tmp))
     RESULTS.parent.mkdir(exist_ok=True)

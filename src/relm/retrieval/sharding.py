@@ -8,8 +8,9 @@ Partitions (`by`):
   projections is the shard; queries are routed to the shards whose codes are nearest in Hamming distance.
 
 Each shard is a `LocalShard` holding a faiss index over its own vectors (ids = global passage ids),
-behind the two-method interface (`search(vectors, k, allowed)`, `add(ids, vectors)`) that a remote
-shard (a Ray actor, in a later release) will implement too. Results are merged by score with
+behind the two-method interface (`search(vectors, k, allowed)`, `add(ids, vectors)`). The per-shard step of
+a search is `ShardedIndex.search_parts`, which `relm.distributed.search.RayShardedIndex` sends to one Ray
+actor per shard; a build's per-shard step is `fill_shard` (one Ray task each in `relm.distributed.index`). Results are merged by score with
 `merge_topk`; with exact (Flat) shards and every shard searched this equals unsharded exact search
 (tested), since top-k of a union is the top-k of the per-part top-k's (MassiveDS Lemma A.1), up to the
 order faiss gives passages tied at exactly the k-th score.
