@@ -258,3 +258,17 @@ def test_serve_with_ray_answers_as_local_and_follows_an_add(tmp_path, ray_sessio
         assert remote.search_rows(key, [new])[0][0]["doc_id"] == "new"
     finally:
         local.close(), remote.close()
+
+
+def test_without_ray_installed_the_flags_say_how_to_get_it(monkeypatch):
+    import sys
+
+    from relm.distributed.runtime import RAY_MISSING, RayConfig, import_ray
+    from relm.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when Ray is not installed
+    with pytest.raises(ConfigError, match=r"install relm\[ray\]") as e:
+        import_ray()
+    assert str(e.value) == RAY_MISSING
+    with pytest.raises(ConfigError, match="on_shard_failure"):
+        RayConfig(on_shard_failure="ignore")
