@@ -2,8 +2,11 @@
 
 Each encode actor loads the encoder once (with `gpus_per_actor` GPUs when the cluster has them) and
 builds whole parts: it reads and chunks its files and encodes each shard of passages in one `encode`
-call, as the one-process build does, so the float16 bytes are the same; the driver then `assemble`s the
-parts in input order. The result is byte-identical to `relm build` (stats.json aside). A part is the unit
+call, as the one-process build does; the driver then `assemble`s the parts in input order. The result is
+byte-identical to `relm build` (stats.json aside) for an encoder whose vectors do not depend on the batch
+(tested); with a transformer a part's passages are length-sorted and padded among themselves, not among the
+whole shard's, and ~1% of vectors differ by one float16 step (docs/results.md). Exact identity needs a
+two-phase build: chunk the parts, then encode the final datastore's shards, one call each. A part is the unit
 of resumption: a killed build reruns only the parts without a finished part datastore (and resumes those
 from their own finished shards). Ray Data `map_batches` was not used for the encoding: it cuts its own
 batches, and a batch's length-sorted padding changes the float results, so byte identity would be lost.
