@@ -11,6 +11,9 @@ from ..config import (
     ReaderConfig,
     parse_max_tokens,
 )
+from ..distributed.build import DEFAULT_PARTS
+from ..distributed.runtime import add_ray_arguments, ray_config
+from ..errors import ConfigError
 from .common import HelpFormatter, add_progress_flags, add_wait_flag
 
 
@@ -67,6 +70,14 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing datastore at --out")
     add_wait_flag(p)
     add_progress_flags(p)
+    add_ray_arguments(p)
+    r = p.add_argument_group("distributed build (with --ray)")
+    r.add_argument("--encode-actors", type=int, metavar="N",
+                   help="encode actors, each loading the encoder once (default: one per CPU of the Ray cluster)")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G", help="GPUs requested per encode actor")
+    r.add_argument("--parts", type=int, default=DEFAULT_PARTS, metavar="N",
+                   help="parts (files[r::N]); each is built whole by one actor and is the unit of resumption; "
+                   "keep it when resuming")
     p.set_defaults(run=run)
 
 
@@ -104,8 +115,18 @@ def config_from_args(args) -> BuildConfig:
 def run(args) -> int:
     from ..datastore import build_datastore
 
-    ds = build_datastore(args.inputs, args.out, config_from_args(args), overwrite=args.overwrite,
-                         show_progress=args.progress, wait=args.wait)
+    ray = ray_config(args)
+    if ray is None:
+        ds = build_datastore(args.inputs, args.out, config_from_args(args), overwrite=args.overwrite,
+                             show_progress=args.progress, wait=args.wait)
+    else:
+        from ..distributed.build import ray_build
+
+        if args.overwrite:
+            raise ConfigError("--overwrite is not supported with --ray; remove --out first")
+        ds = ray_build(args.inputs, args.out, config_from_args(args), ray_config=ray, parts=args.parts,
+                       encode_actors=args.encode_actors, gpus_per_actor=args.gpus_per_actor,
+                       show_progress=args.progress)
     info = ds.info()
     c, read = info["counts"], ds.manifest["build"]["read"]
     line = (f"built {ds.root}: {c['documents']:,} documents, {c['passages']:,} passages, {c['words']:,} words"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..distributed.runtime import add_ray_arguments, ray_config
 from ..errors import ConfigError
 from .common import HelpFormatter, add_progress_flags, add_wait_flag, parse_bytes, writing
 
@@ -54,6 +55,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the index config as JSON")
     add_wait_flag(p)
     add_progress_flags(p)
+    add_ray_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -63,6 +65,8 @@ def run(args) -> int:
     chosen = [flag for flag, on in (("--name", args.name), ("--refresh", args.refresh), ("--remove", args.remove)) if on]
     if len(chosen) != 1:
         raise ConfigError("give exactly one of --name NAME (build), --refresh, --remove NAME")
+    if ray_config(args) is not None and args.shards is None and args.shard_by is None:
+        raise ConfigError("--ray builds sharded indexes: add --shards N (or --shard-by)")
     with writing(args.datastore, args.wait) as ds:
         if args.refresh:
             from ..retrieval.maintenance import refresh_indexes
@@ -101,12 +105,15 @@ def _build(ds, args) -> dict:
     elif args.shards is not None or args.shard_by is not None:
         from ..retrieval.sharding import ShardConfig, build_sharded_index
 
-        index = build_sharded_index(
-            ds, args.name,
-            ShardConfig(by=args.shard_by or "kmeans", n_shards=args.shards or 8, factory=args.shard_factory,
-                        seed=args.seed),
-            overwrite=args.overwrite,
-        )
+        shard_config = ShardConfig(by=args.shard_by or "kmeans", n_shards=args.shards or 8,
+                                   factory=args.shard_factory, seed=args.seed)
+        ray = ray_config(args)
+        if ray is None:
+            index = build_sharded_index(ds, args.name, shard_config, overwrite=args.overwrite)
+        else:  # each shard trained and filled in its own Ray task
+            from ..distributed.index import ray_build_sharded_index
+
+            index = ray_build_sharded_index(ds, args.name, shard_config, overwrite=args.overwrite, ray_config=ray)
         config = index.config
     else:
         config = _build_ann(ds, args)

@@ -10,6 +10,7 @@ import math
 import sys
 
 from ..corpus.queries import read_queries
+from ..distributed.runtime import add_ray_arguments, ray_config
 from ..errors import ConfigError
 from .common import HelpFormatter
 
@@ -41,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--run-name", default="relm", help="TREC run tag")
     p.add_argument("--json", action="store_true", help="single query: print JSON")
     add_retriever_arguments(p)
+    add_ray_arguments(p, search=True)
     f = p.add_argument_group("filters")
     f.add_argument("--before", metavar="TIME",
                    help="only documents dated before this: ISO 8601 (2020-01-31) or epoch seconds "
@@ -135,15 +137,27 @@ def check_args(args):
 
 
 def run(args) -> int:
-    import numpy as np
-
     from ..datastore import Datastore
     from ..retrieval.retriever import Retriever
 
     config, opts = check_args(args)
+    ray = ray_config(args)
     ds = Datastore.open(args.datastore)
     queries = [("1", args.query)] if args.query is not None else read_queries(args.queries, args.query_id_field)
-    retriever = Retriever(ds, config)
+    if ray is None:
+        return _answer(args, ds, queries, Retriever(ds, config), opts)
+    from ..distributed.search import RayShards
+
+    shards = RayShards(ray)
+    try:
+        return _answer(args, ds, queries, shards.retriever(ds, config), opts)
+    finally:
+        shards.close()
+
+
+def _answer(args, ds, queries, retriever, opts) -> int:
+    import numpy as np
+
     texts = [q for _, q in queries]
     if args.format == "trec":  # ids and scores only: no passage text or document record is read per hit
         scores, ids = retriever.search_ids(texts, opts)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 
+from ..distributed.runtime import add_ray_arguments, ray_config
 from ..errors import ConfigError
 from .common import HelpFormatter
 from .search import add_retriever_arguments, retriever_config
@@ -54,6 +55,7 @@ def register(sub) -> None:
     b.add_argument("--torch-threads", type=int, metavar="N",
                    help="torch intra-op threads (default: CPUs / (search + generation threads), at least 1)")
     add_retriever_arguments(p)
+    add_ray_arguments(p, search=True)
     p.set_defaults(run=run)
 
 
@@ -64,13 +66,17 @@ def serve_config(args):
         raise ConfigError(f"--port must be in 1..65535, got {args.port}")
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    ray = ray_config(args)
+    if ray is not None and args.workers > 1 and ray.address is None:
+        raise ConfigError("--ray with --workers > 1 needs a running cluster to share: --ray-address auto "
+                          "(after `ray start --head`)")
     return ServeConfig(
         datastore=args.datastore, retriever=retriever_config(args).to_dict(),
         lm=None if args.lm.lower() == "none" else args.lm, device=args.device, max_body_bytes=args.max_body_bytes,
         max_queries=args.max_queries, max_k=args.max_k, max_prompt_chars=args.max_prompt_chars,
         max_tokens=args.max_tokens, timeout_s=args.timeout, batch_window_ms=args.batch_window_ms,
         max_batch=args.max_batch, search_threads=args.search_threads, gen_threads=args.gen_threads,
-        refresh_s=args.refresh_s, torch_threads=args.torch_threads)
+        refresh_s=args.refresh_s, torch_threads=args.torch_threads, ray=None if ray is None else ray.to_dict())
 
 
 def set_torch_threads(config) -> int:

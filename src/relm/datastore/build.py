@@ -25,7 +25,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,28 @@ def build_datastore(
     return Datastore.open(out)
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """One part of a build split into parts: the files part `rank` reads (files[rank::world_size]) and the
+    directory its part datastore is built in (`out/.build/parts/part-RRRRR`). What a distributed build
+    hands to a worker; `build_part` runs it."""
+
+    rank: int
+    where: Path
+    files: tuple[InputFile, ...]
+    config: BuildConfig
+
+
+def build_part(job: PartJob, *, show_progress: bool | None = None, encoder=None) -> dict[str, Any]:
+    """Build (or resume, or find finished) one part datastore; its manifest's counts. Runs in any process
+    that sees `job.where` (a Ray worker on a shared filesystem), under the part's own writer lock."""
+    job.where.mkdir(parents=True, exist_ok=True)
+    with writer_lock(job.where):
+        if not _prepare_output(job.where, _plan(list(job.files), job.config), False):
+            _Builder(job.where, list(job.files), job.config, show_progress, encoder).run()
+    return read_json(job.where / L.MANIFEST)["counts"]
+
+
 def build_in_parts(
     inputs: list[str | Path],
     out: str | Path,
@@ -118,11 +140,14 @@ def build_in_parts(
     world_size: int,
     show_progress: bool | None = None,
     encoder=None,
+    run_parts: Callable[[list[PartJob]], None] | None = None,
 ):
     """The build split into `world_size` parts, as a distributed build runs it: part r is a datastore of
     its own built from files[r::world_size] (under `out/.build/parts/`, each resumable), and `assemble`
     merges the parts in input order, refusing a document id that two parts share. The result is
-    byte-identical to `build_datastore` on the same inputs (stats.json, which holds timings, aside)."""
+    byte-identical to `build_datastore` on the same inputs (stats.json, which holds timings, aside).
+    `run_parts(jobs)` builds the parts (default: one after another here; `relm.distributed` runs them
+    on Ray); parts already finished are found finished by `build_part` and skipped."""
     from .assemble import assemble
     from .store import Datastore
 
@@ -134,15 +159,14 @@ def build_in_parts(
     with writer_lock(out):
         if _prepare_output(out, plan, False):
             return Datastore.open(out)
-        parts: dict[int, Datastore] = {}
-        for rank in range(min(world_size, len(files))):
-            mine = files[rank::world_size]
-            where = out / L.STAGING / "parts" / f"part-{rank:05d}"
-            where.mkdir(parents=True, exist_ok=True)
-            with writer_lock(where):
-                if not _prepare_output(where, _plan(mine, config), False):
-                    _Builder(where, mine, config, show_progress, encoder).run()
-            parts[rank] = Datastore.open(where)
+        jobs = [PartJob(rank, out / L.STAGING / "parts" / f"part-{rank:05d}", tuple(files[rank::world_size]), config)
+                for rank in range(min(world_size, len(files)))]
+        if run_parts is None:
+            for job in jobs:
+                build_part(job, show_progress=show_progress, encoder=encoder)
+        else:
+            run_parts(jobs)
+        parts: dict[int, Datastore] = {job.rank: Datastore.open(job.where) for job in jobs}
         segments = _segments_in_input_order(files, parts, world_size)
         read = _merge_read_stats([parts[r].manifest["build"]["read"] for r in sorted(parts)])
         build = {"plan": plan, "read": read}

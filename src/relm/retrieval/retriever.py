@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -204,9 +204,9 @@ def _say_why_empty(ds, opts: SearchOptions, mask: np.ndarray) -> None:
 class _Snapshot:
     """One revision: the datastore, its opened backend and the filter masks computed at this revision."""
 
-    def __init__(self, ds, config: RetrieverConfig):
+    def __init__(self, ds, config: RetrieverConfig, backends: Mapping[str, Callable] | None = None):
         self.ds = ds
-        self.backend = BACKENDS[config.kind](ds, config)
+        self.backend = {**BACKENDS, **(backends or {})}[config.kind](ds, config)
         self._masks: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
         self._counts: dict[tuple, int] = {}
         self._lock = threading.Lock()
@@ -255,7 +255,7 @@ class _Snapshot:
 class Retriever:
     """Search one datastore the way `config` says; see the module docstring."""
 
-    def __init__(self, ds, config: RetrieverConfig | None = None):
+    def __init__(self, ds, config: RetrieverConfig | None = None, *, backends: Mapping[str, Callable] | None = None):
         config = RetrieverConfig() if config is None else config
         if not isinstance(config, RetrieverConfig):
             raise ConfigError(f"config must be a RetrieverConfig, got {type(config).__name__}")
@@ -263,7 +263,8 @@ class Retriever:
         self.cache = ResultCache(config.cache_bytes) if config.cache_bytes > 0 else None
         self._warned: set[Hashable] = set()
         self._refresh_lock = threading.Lock()
-        self._state = _Snapshot(ds, config)
+        self.backends = dict(backends or {})  # kind -> backend(ds, config) replacing BACKENDS' (relm.distributed)
+        self._state = _Snapshot(ds, config, self.backends)
 
     def __repr__(self) -> str:
         return f"Retriever({self.ds.root}, {self.config.changed()}, revision {self.ds.revision})"
@@ -284,7 +285,7 @@ class Retriever:
 
     def with_kind(self, kind: str) -> Retriever:
         """A retriever of another kind on the same datastore revision (`RetrieverConfig.with_kind`)."""
-        return self if kind == self.kind else Retriever(self.ds, self.config.with_kind(kind))
+        return self if kind == self.kind else Retriever(self.ds, self.config.with_kind(kind), backends=self.backends)
 
     # -- following updates ------------------------------------------------------------------------
     def refresh(self) -> bool:
@@ -296,7 +297,7 @@ class Retriever:
             new = old.reopen_if_changed()
             if new is old:
                 return False
-            self._state = _Snapshot(new, self.config)
+            self._state = _Snapshot(new, self.config, self.backends)
             if self.cache is not None:
                 self.cache.clear()
             log.info("retriever moved from revision %d to %d of %s", old.revision, new.revision, new.root)

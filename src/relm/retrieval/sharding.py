@@ -8,8 +8,9 @@ Partitions (`by`):
   projections is the shard; queries are routed to the shards whose codes are nearest in Hamming distance.
 
 Each shard is a `LocalShard` holding a faiss index over its own vectors (ids = global passage ids),
-behind the two-method interface (`search(vectors, k, allowed)`, `add(ids, vectors)`) that a remote
-shard (a Ray actor, in a later release) will implement too. Results are merged by score with
+behind the two-method interface (`search(vectors, k, allowed)`, `add(ids, vectors)`). The per-shard step of
+a search is `ShardedIndex.search_parts`, which `relm.distributed.search.RayShardedIndex` sends to one Ray
+actor per shard; a build's per-shard step is `fill_shard` (one Ray task each in `relm.distributed.index`). Results are merged by score with
 `merge_topk`; with exact (Flat) shards and every shard searched this equals unsharded exact search
 (tested), since top-k of a union is the top-k of the per-part top-k's (MassiveDS Lemma A.1), up to the
 order faiss gives passages tied at exactly the k-th score.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -209,7 +211,7 @@ class ShardedIndex:
 
     def route(self, vectors: np.ndarray, probe_shards: int | None) -> np.ndarray:
         """(nq, p) shard ids to search for each query: all shards, or the p nearest by the partition."""
-        n = len(self.shards)
+        n = self.n_shards
         if probe_shards is None or probe_shards >= n:
             return np.broadcast_to(np.arange(n), (len(vectors), n))
         if probe_shards < 1:
@@ -237,21 +239,20 @@ class ShardedIndex:
         k = check_k(k)
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         n_allowed = self.n_passages if allowed is None else int(np.count_nonzero(allowed))
-        route = self.route(vectors, filtered_probe(probe_shards, n_allowed, self.n_passages, len(self.shards)))
+        route = self.route(vectors, filtered_probe(probe_shards, n_allowed, self.n_passages, self.n_shards))
         out = (np.full((len(vectors), k), -np.inf, np.float32), np.full((len(vectors), k), PAD_ID, np.int64))
         packed = PackedFilter.of(allowed)  # packed once for every shard
-        for s in range(len(self.shards)):
-            self._search_shard(s, np.nonzero((route == s).any(axis=1))[0], vectors, k, packed, out)
+        self._search_and_merge([(s, np.nonzero((route == s).any(axis=1))[0]) for s in range(self.n_shards)],
+                               vectors, k, packed, out)
         need = min(k, n_allowed)
-        if route.shape[1] < len(self.shards) and len(short_rows(out[1], need)):
+        if route.shape[1] < self.n_shards and len(short_rows(out[1], need)):
             order = self.shard_order(vectors)
-            for step in range(route.shape[1], len(self.shards)):  # each short row visits its next shard
+            for step in range(route.shape[1], self.n_shards):  # each short row visits its next shard
                 short = short_rows(out[1], need)
                 if len(short) == 0:
                     break
                 nxt = order[short, step]
-                for s in np.unique(nxt):
-                    self._search_shard(int(s), short[nxt == s], vectors, k, packed, out)
+                self._search_and_merge([(int(s), short[nxt == s]) for s in np.unique(nxt)], vectors, k, packed, out)
         short = short_rows(out[1], need)
         if len(short):
             ids = np.arange(len(self.ds)) if allowed is None else np.flatnonzero(allowed)
@@ -265,24 +266,41 @@ class ShardedIndex:
     def n_passages(self) -> int:
         return sum(int(sh.index.ntotal) for sh in self.shards)
 
-    def _search_shard(self, s: int, rows: np.ndarray, vectors: np.ndarray, k: int, packed, out) -> None:
-        """Search shard s for the queries `rows` and merge into `out` (scores, ids) in place."""
-        if len(rows) == 0:
-            return
-        part = self.shards[s].search(vectors[rows], k, packed)
-        out[0][rows], out[1][rows] = merge_topk((out[0][rows], out[1][rows]), part, k)
+    @property
+    def n_shards(self) -> int:
+        return len(self.shards)
+
+    def _search_and_merge(self, jobs: list[tuple[int, np.ndarray]], vectors: np.ndarray, k: int, packed, out) -> None:
+        """Search shard s for the queries `rows` of each (s, rows) job and merge into `out` (scores, ids) in
+        place. The merge is exact whatever order the parts come in (`merge_topk` breaks ties by id, and no
+        passage is in two shards)."""
+        jobs = [(s, rows) for s, rows in jobs if len(rows)]
+        for (_, rows), part in zip(jobs, self.search_parts(jobs, vectors, k, packed), strict=True):
+            if part is not None:  # None: a remote shard that did not answer (see relm.distributed)
+                out[0][rows], out[1][rows] = merge_topk((out[0][rows], out[1][rows]), part, k)
+
+    def search_parts(self, jobs: list[tuple[int, np.ndarray]], vectors: np.ndarray, k: int, packed) -> list:
+        """(scores, ids) of shard s for vectors[rows], for each (s, rows) job: here one shard after
+        another; a subclass fans out to remote shards (`relm.distributed.search.RayShardedIndex`)."""
+        return [self.shards[s].search(vectors[rows], k, packed) for s, rows in jobs]
 
     def add_new_vectors(self) -> int:
         """Assign and add passages [ntotal, len(ds)) after `relm add`; no retraining. Domain shards
         gain a shard for each domain that appeared since the build."""
         start = int(self.config["datastore"]["passages"])
+        before = [int(sh.index.ntotal) for sh in self.shards]
+        generations = shard_generations(self.config)
         if build_config(self.config)["by"] == "domain" and len(self.ds.domains) > len(self.shards):
             self._add_domain_shards(start)
         added = _assign_and_add(self.ds, self.shards, self.config, self.routing, start)
-        for s, shard in enumerate(self.shards):
-            shard.save(self.path / f"shard-{s:04d}.faiss")
+        generation = int(self.ds.generation)
+        for s, shard in enumerate(self.shards):  # only the shards that own new passages change
+            if s >= len(before) or int(shard.index.ntotal) != before[s]:
+                shard.save(self.path / f"shard-{s:04d}.faiss")
+                generations[s:s + 1] = [generation]
         self.config["datastore"] = datastore_state(self.ds)
         self.config["shard_sizes"] = [int(sh.index.ntotal) for sh in self.shards]
+        self.config["shard_generations"] = generations
         self.config["probe"] = vector_probe(self.ds, len(self.ds))
         write_index_config(self.path, {k: v for k, v in self.config.items() if k != "format_version"})
         return added
@@ -309,6 +327,17 @@ class ShardedIndex:
         self.config["n_shards"] = len(self.shards)
         self.config["shard_names"] = [*self.config["shard_names"], *new]
         log.info("index %s: new domain shard(s) %s", self.name, new)
+
+
+def shard_generations(config: dict) -> list[int]:
+    """The datastore generation at which each shard last changed (its build, or the add that gave it
+    passages): a shard's file is the same while its entry is, which is how remote shards know to reload.
+    An index built before the field existed reads as changed at its datastore's generation."""
+    n = int(config["n_shards"])
+    saved = config.get("shard_generations")
+    if saved is None or len(saved) != n:
+        return [int(config["datastore"]["generation"])] * n
+    return [int(g) for g in saved]
 
 
 def _vectors_of(ds, ids: np.ndarray) -> np.ndarray:
@@ -344,13 +373,20 @@ def _assign_and_add(ds, shards, config, routing, start: int) -> int:
     return added
 
 
-def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, overwrite: bool = False) -> ShardedIndex:
-    """Partition, train and fill the shards; built beside the live index and swapped in by one commit."""
-    if not is_staged(ds):
-        with index_transaction(ds) as view:
-            build_sharded_index(view, name, config, overwrite=overwrite)
-        return ShardedIndex.open(ds, name)
-    t0 = time.perf_counter()
+@dataclass
+class ShardPlan:
+    """What every shard of a build shares: the shard count, the routing (k-means centroids or LSH planes),
+    the config saved with it, and the training sample of trainable shard factories (sorted passage ids)."""
+
+    n_shards: int
+    routing: np.ndarray | None
+    partial: dict
+    train_ids: np.ndarray | None
+
+
+def plan_shards(ds, config: ShardConfig) -> ShardPlan:
+    """The partition of a sharded index (k-means trained here, on a seeded sample), drawn in the one order
+    that both the one-pass build and per-shard builds (`fill_shard`) use, so they agree byte for byte."""
     rng = np.random.default_rng(config.seed)
     n_shards = len(ds.domains) if config.by == "domain" else config.n_shards
     routing = None
@@ -366,32 +402,77 @@ def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, o
     elif config.by == "lsh":
         bits = int(np.log2(n_shards))
         routing = rng.standard_normal((bits, ds.dim)).astype(np.float32)
-    path = prepare_index_dir(ds, name, overwrite)
-    shards = [LocalShard.create(ds.dim, config.factory) for _ in range(n_shards)]
     partial = {"type": "sharded", "config": asdict(config), "n_shards": n_shards}
-    if any(not sh.index.is_trained for sh in shards):
+    train_ids = None
+    if not LocalShard.create(ds.dim, config.factory).index.is_trained:
         # trainable shard indexes (IVF, PQ) learn on a sample of their own passages
-        sample = np.sort(rng.choice(len(ds), size=min(len(ds), config.train_size), replace=False))
-        vectors = ds.embeddings(sample).astype(np.float32)
-        where = _assignment(ds, partial, routing, sample, vectors)
+        train_ids = np.sort(rng.choice(len(ds), size=min(len(ds), config.train_size), replace=False))
+    return ShardPlan(n_shards, routing, partial, train_ids)
+
+
+def assign_passages(ds, plan: ShardPlan) -> np.ndarray:
+    """(n_passages,) the shard of every passage, computed in blocks of BLOCK vectors."""
+    where = np.empty(len(ds), dtype=np.int32)
+    for b0 in range(0, len(ds), BLOCK):
+        b1 = min(b0 + BLOCK, len(ds))
+        ids = np.arange(b0, b1, dtype=np.int64)
+        where[b0:b1] = _assignment(ds, plan.partial, plan.routing, ids, _vectors(ds, b0, b1))
+    return where
+
+
+def fill_shard(ds, plan: ShardPlan, s: int, where: np.ndarray) -> LocalShard:
+    """Shard s alone, trained and filled exactly as the one-pass build fills it (same training vectors,
+    same passages in the same order): what each parallel task of a distributed index build runs."""
+    shard = LocalShard.create(ds.dim, plan.partial["config"]["factory"])
+    if plan.train_ids is not None:
+        mine = plan.train_ids[where[plan.train_ids] == s]
+        shard.train(_vectors_of(ds, mine))
+    for b0 in range(0, len(ds), BLOCK):
+        ids = b0 + np.flatnonzero(where[b0:b0 + BLOCK] == s)
+        if len(ids):
+            shard.add(ids.astype(np.int64), _vectors_of(ds, ids))
+    return shard
+
+
+def build_sharded_index(ds, name: str, config: ShardConfig = ShardConfig(), *, overwrite: bool = False,
+                        build_shards: Callable[[ShardPlan, Path], None] | None = None) -> ShardedIndex:
+    """Partition, train and fill the shards; built beside the live index and swapped in by one commit.
+    `build_shards(plan, path)` writes every `shard-NNNN.faiss` under `path` (default: one pass over the
+    vectors here; `relm.distributed.index` builds the shards in parallel Ray tasks, byte-identical)."""
+    if not is_staged(ds):
+        with index_transaction(ds) as view:
+            build_sharded_index(view, name, config, overwrite=overwrite, build_shards=build_shards)
+        return ShardedIndex.open(ds, name)
+    t0 = time.perf_counter()
+    plan = plan_shards(ds, config)
+    path = prepare_index_dir(ds, name, overwrite)
+    if build_shards is None:
+        shards = [LocalShard.create(ds.dim, config.factory) for _ in range(plan.n_shards)]
+        if plan.train_ids is not None:
+            vectors = ds.embeddings(plan.train_ids).astype(np.float32)
+            where = _assignment(ds, plan.partial, plan.routing, plan.train_ids, vectors)
+            for s, shard in enumerate(shards):
+                shard.train(vectors[where == s])
+        _assign_and_add(ds, shards, plan.partial, plan.routing, 0)
         for s, shard in enumerate(shards):
-            shard.train(vectors[where == s])
-    _assign_and_add(ds, shards, partial, routing, 0)
-    for s, shard in enumerate(shards):
-        shard.save(path / f"shard-{s:04d}.faiss")
-    if routing is not None:
-        save_npy_atomic(path / "routing.npy", routing)
+            shard.save(path / f"shard-{s:04d}.faiss")
+    else:
+        build_shards(plan, path)
+        shards = [LocalShard.load(path / f"shard-{s:04d}.faiss") for s in range(plan.n_shards)]
+    if plan.routing is not None:
+        save_npy_atomic(path / "routing.npy", plan.routing)
+    n_shards = plan.n_shards
     config_json = {
         "type": "sharded",
         "name": name,
-        **partial,
+        **plan.partial,
         "shard_names": ds.domains if config.by == "domain" else [f"shard-{s:04d}" for s in range(n_shards)],
         "shard_sizes": [int(sh.index.ntotal) for sh in shards],
+        "shard_generations": [int(ds.generation)] * n_shards,
         "build_seconds": time.perf_counter() - t0,
         "datastore": datastore_state(ds),
         "probe": vector_probe(ds, len(ds)),
     }
     write_index_config(path, config_json)
     log.info("sharded index %s: %d shards, sizes %s", name, n_shards, config_json["shard_sizes"])
-    return ShardedIndex(ds, name, read_json(path / "config.json"), shards, routing)
-
+    return ShardedIndex(ds, name, read_json(path / "config.json"), shards, plan.routing)

@@ -24,7 +24,8 @@ class ServeConfig:
     into one `Retriever.search` per identical options; `search_threads` batches run at once, `gen_threads`
     generations. The retriever follows the datastore's updates, checking manifest.json at most every
     `refresh_s` seconds (before a batch or a generation). `torch_threads`: torch's intra-op threads (None:
-    the CPUs shared out over the search and generation threads, at least 1; see `torch_threads_for`)."""
+    the CPUs shared out over the search and generation threads, at least 1; see `torch_threads_for`).
+    `ray` (`--ray`): the sharded retriever searches through one Ray actor per shard (`relm.distributed`)."""
 
     datastore: str
     retriever: dict[str, Any] = field(default_factory=dict)
@@ -42,6 +43,7 @@ class ServeConfig:
     gen_threads: int = 2
     refresh_s: float = 0.5
     torch_threads: int | None = None
+    ray: dict[str, Any] | None = None  # a `relm.distributed.RayConfig` as a dict: the sharded index on Ray actors
 
     def __post_init__(self):
         if not isinstance(self.datastore, str) or not self.datastore:

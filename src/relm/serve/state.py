@@ -56,6 +56,7 @@ class ServerState:
         self.loaded_at: float | None = None
         self.metrics = Metrics(self.cache_stats)
         self.gen_pool = ThreadPoolExecutor(config.gen_threads, thread_name_prefix="relm-generate")
+        self.ray_shards = None  # relm.distributed.search.RayShards when serving with --ray
 
     # -- loading ----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -68,7 +69,14 @@ class ServerState:
         try:
             rconfig = RetrieverConfig.from_dict(self.config.retriever)
             ds = self._ds if self._ds is not None else Datastore.open(self.config.datastore)
-            retriever = Retriever(ds, rconfig)
+            if self.config.ray is None:
+                retriever = Retriever(ds, rconfig)
+            else:  # the sharded index's shards on Ray actors (relm.distributed imports Ray)
+                from ..distributed import RayConfig
+                from ..distributed.search import RayShards
+
+                self.ray_shards = RayShards(RayConfig.from_dict(self.config.ray))
+                retriever = self.ray_shards.retriever(ds, rconfig)
             if self.lm is None and self.config.lm is not None:
                 from ..lm import LMConfig, load_lm
 
@@ -167,3 +175,5 @@ class ServerState:
 
     def close(self) -> None:
         self.gen_pool.shutdown(wait=False, cancel_futures=True)
+        if self.ray_shards is not None:
+            self.ray_shards.close()
