@@ -143,23 +143,37 @@ def test_a_frozen_or_killed_shard_actor_is_reported_in_time_and_restarted(sharde
     expected = Retriever(ds, config).search_vectors(q, SearchOptions(k=10))
     owner = ShardedIndex.open(ds, "km").shards[1]
     shard1 = set(owner.search(q, len(ds))[1].ravel().tolist()) - {-1}
-    partial = RayShards(RayConfig(shard_timeout_s=1.0, on_shard_failure="partial"))
-    strict = RayShards(RayConfig(shard_timeout_s=1.0))
+    # 5 s: long enough for the healthy shards on a loaded 2-core machine, short enough to show the bound
+    partial = RayShards(RayConfig(shard_timeout_s=5.0, on_shard_failure="partial"))
+    strict = RayShards(RayConfig(shard_timeout_s=5.0))
     try:
         r_partial, r_strict = partial.retriever(ds, config), strict.retriever(ds, config)
+        deadline = time.monotonic() + 120  # warm: every actor has started and loaded its shard before one is
+        for r in (r_strict, r_partial):    # frozen (actor start-up on a loaded machine can exceed the timeout)
+            while True:
+                before = r_partial.describe()["partial_searches"]
+                try:
+                    got = r.search_vectors(q, SearchOptions(k=10))
+                except DatastoreError:
+                    got = None
+                if got is not None and r_partial.describe()["partial_searches"] == before:
+                    np.testing.assert_array_equal(got[1], expected[1])
+                    break
+                assert time.monotonic() < deadline, "the shard actors did not start"
+        warm_partials = r_partial.describe()["partial_searches"]
         pids = [ray.get(pool[1].pid.remote()) for pool in (partial._actors.values(), strict._actors.values())
                 for pool in [list(pool)[0]]]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)  # a slow shard: alive, never answering
         t0 = time.monotonic()
         s, i = r_partial.search_vectors(q, SearchOptions(k=10))
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 20
         assert shard1.isdisjoint(i.ravel().tolist()) and (i != -1).all()
-        assert r_partial.describe()["partial_searches"] == 1
+        assert r_partial.describe()["partial_searches"] == warm_partials + 1
         t0 = time.monotonic()
-        with pytest.raises(DatastoreError, match="shard 1 did not answer within 1 s"):
+        with pytest.raises(DatastoreError, match="shard 1 did not answer within 5 s"):
             r_strict.search_vectors(q, SearchOptions(k=10))
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 < 20
         for pid in pids:
             os.kill(pid, signal.SIGKILL)  # now dead: Ray restarts the actor, which reloads its shard
         deadline = time.monotonic() + 60
