@@ -58,7 +58,7 @@ def check_backend_compatible(recorded: dict[str, Any], encoder, *, where: str, a
     """Refuse (ConfigError) `encoder` for a datastore whose encoder identity is `recorded` when it runs
     another backend whose probe embeddings differ beyond `tolerance`; returns the mean probe cosine (None
     for the same backend). `allow_mismatch` turns the refusal into a warning."""
-    mine, theirs = encoder.identity()["backend"], recorded_backend(recorded)
+    mine, theirs = recorded_backend(encoder.identity()), recorded_backend(recorded)
     if mine == theirs:
         return None
     probe = recorded.get("probe")

@@ -61,7 +61,11 @@ class SentenceTransformerEncoder:
         self.config = config
         self.name = config.model
         # ONNX Runtime's CPU build runs the onnx backends: they default to the CPU even beside a GPU
-        self.device = "cpu" if config.backend != "torch" and config.device is None else pick_device(config.device)
+        self.device = ("cpu" if config.backend != "torch" and config.device in (None, "auto")
+                       else pick_device(config.device))
+        if config.backend != "torch" and self.device != "cpu":
+            raise ConfigError(f"--encoder-backend {config.backend} runs on the CPU (onnxruntime's CPU build); "
+                              f"on {self.device} use --encoder-backend torch")
         path = resolve_model_path(config.model)
         try:
             # a directory without modules.json is a plain HF encoder: sentence-transformers wraps it
@@ -96,9 +100,6 @@ class SentenceTransformerEncoder:
 
         from . import onnx
 
-        if self.device != "cpu":
-            raise ConfigError(f"--encoder-backend {self.backend} runs on the CPU (onnxruntime's CPU build); "
-                              f"on {self.device} use --encoder-backend torch")
         onnx.require_ort(self.backend)
         directory = onnx.ensure_onnx(self.model, self.name, self.fingerprint(), self.backend)
         # one thread setting for every backend: torch's (OMP_NUM_THREADS / torch.set_num_threads)
