@@ -71,12 +71,21 @@ def run_measured(cmd: list[str]) -> tuple[float, str]:
 
 
 def rss_wrapper(cmd: list[str]) -> list[str]:
-    """Run cmd under a Python wrapper that prints the child's peak RSS (os.wait4) as the last line."""
+    """Run cmd under a Python wrapper that prints the child's peak RSS (os.wait4) as the last line, after its
+    RSS trajectory (`RSS_MB t rss` every 2 s, read from /proc: where in the run memory grows)."""
     code = (
-        "import os,sys,subprocess;"
-        "p=subprocess.Popen(sys.argv[1:]);"
-        "_,st,ru=os.wait4(p.pid,0);"
+        "import os,sys,subprocess,time;"
+        "p=subprocess.Popen(sys.argv[1:]);t0=time.time();traj=[]\n"
+        "while True:\n"
+        "  pid,st,ru=os.wait4(p.pid,os.WNOHANG)\n"
+        "  if pid: break\n"
+        "  try:\n"
+        "    rss=[l for l in open(f'/proc/{p.pid}/status') if l.startswith('VmRSS')][0].split()[1]\n"
+        "    traj.append(f'{time.time()-t0:.0f}:{int(rss)//1024}')\n"
+        "  except (OSError,IndexError): pass\n"
+        "  time.sleep(2)\n"
         "code=os.waitstatus_to_exitcode(st);"
+        "print('RSS_MB',' '.join(traj),flush=True);"
         "print('PEAK_RSS_KB',ru.ru_maxrss,ru.ru_utime+ru.ru_stime,flush=True);"
         "sys.exit(code)"
     )
@@ -87,8 +96,10 @@ def measure(cmd: list[str]) -> dict:
     wall, stdout = run_measured(rss_wrapper(cmd))
     lines = stdout.strip().splitlines()
     fields = next(x.split() for x in reversed(lines) if x.startswith("PEAK_RSS_KB"))
+    traj = next(x.split()[1:] for x in reversed(lines) if x.startswith("RSS_MB"))
     return {"wall_s": wall, "peak_rss_mb": int(fields[1]) / 1024, "cpu_s": float(fields[2]),
-            "stdout": "\n".join(x for x in lines if not x.startswith("PEAK"))}
+            "rss_trajectory_s_mb": [[int(v) for v in t.split(":")] for t in traj],
+            "stdout": "\n".join(x for x in lines if not x.startswith(("PEAK", "RSS_MB")))}
 
 
 def raw_encode_main(args: argparse.Namespace) -> None:
@@ -132,6 +143,7 @@ def relm_build(corpus: Path, out: Path, batch_size: int, backend: str = "torch")
         "wall_s": m["wall_s"],
         "cpu_s": m["cpu_s"],
         "peak_rss_mb": m["peak_rss_mb"],
+        "rss_trajectory_s_mb": m["rss_trajectory_s_mb"],
         "passages": c["passages"],
         "words": c["words"],
         "documents": c["documents"],
@@ -148,7 +160,8 @@ def raw_encode(datastore: Path, batch_size: int) -> dict:
     load = os.getloadavg()[0]
     m = measure([sys.executable, __file__, "_raw", "--datastore", str(datastore), "--batch-size", str(batch_size)])
     r = json.loads(m["stdout"].strip().splitlines()[-1])
-    return {**r, "load_before": load, "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "peak_rss_mb": m["peak_rss_mb"]}
+    return {**r, "load_before": load, "wall_s": m["wall_s"], "cpu_s": m["cpu_s"], "peak_rss_mb": m["peak_rss_mb"],
+            "rss_trajectory_s_mb": m["rss_trajectory_s_mb"]}
 
 
 def embedding_agreement(ds_path: Path, torch_path: Path) -> dict:
