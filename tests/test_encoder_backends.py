@@ -174,6 +174,7 @@ def test_cli_build_and_search_take_the_backend(tiny_bert, cache, small_corpus, t
     capsys.readouterr()
     assert main(["search", str(out), "datastore", "-k", "2", "--encoder-backend", "torch", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out.splitlines()[0])["hits"]) == 2
+    assert main(["info", str(out)]) == 0 and "backend onnx)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["build", str(small_corpus), "--out", str(out), "--encoder-backend", "tpu"])
 
