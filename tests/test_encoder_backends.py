@@ -189,3 +189,21 @@ def test_minilm_int8_is_within_the_quality_bar(encoder):
     for backend, bar in (("onnx", 0.9999), ("onnx-int8", 0.99)):
         got = load_encoder(EncoderConfig(backend=backend)).encode(texts)
         assert np.mean(np.sum(got * ref, axis=1)) >= bar, backend
+
+
+def test_add_embeds_with_the_recorded_backend(tiny_bert, cache, small_corpus, tmp_path):
+    from conftest import corpus_records, write_jsonl
+
+    from relm.datastore import Datastore
+    from relm.datastore.update import add_documents
+
+    ds = _build(small_corpus, tmp_path / "ds", tiny_bert, "onnx-int8")
+    n = len(ds)
+    extra = [dict(r, id=f"new-{i}") for i, r in enumerate(corpus_records(n_docs=2))]
+    ds = add_documents(Datastore.open(ds.root), [str(write_jsonl(tmp_path / "new" / "n.jsonl", extra))],
+                       show_progress=False)
+    assert ds.manifest["encoder"]["backend"] == "onnx-int8" and len(ds) > n
+    int8 = load_encoder(EncoderConfig(model=str(tiny_bert), backend="onnx-int8"))
+    got = ds.embeddings(np.arange(n, len(ds)))
+    want = int8.encode(ds.passage_input_texts(range(n, len(ds))))
+    np.testing.assert_allclose(got, want, atol=2e-3)  # float16 storage
