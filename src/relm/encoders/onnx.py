@@ -213,6 +213,10 @@ def make_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # memory patterns are planned per input shape, and every batch has another sequence length: off, the
+    # int8 encoder of 160 corpus passages peaks at 1,424 MB instead of 1,698 at the same CPU time (the arena
+    # stays on: without it the peak is 1,254 MB but encoding costs 30% more CPU)
+    options.enable_mem_pattern = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
