@@ -192,10 +192,10 @@ def test_minilm_int8_is_within_the_quality_bar(encoder):
 
 
 def test_add_embeds_with_the_recorded_backend(tiny_bert, cache, small_corpus, tmp_path):
-    from conftest import corpus_records, write_jsonl
-
     from relm.datastore import Datastore
     from relm.datastore.update import add_documents
+
+    from conftest import corpus_records, write_jsonl
 
     ds = _build(small_corpus, tmp_path / "ds", tiny_bert, "onnx-int8")
     n = len(ds)

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..corpus.chunking import tokens_per_word, word_spans
 
-
 # texts per tokenizer call when counting: bounded memory, still batched (tokenizers' per-call overhead is small)
 COUNT_BLOCK = 1024
 
