@@ -86,3 +86,13 @@ def test_left_truncation_keeps_the_end_of_a_long_text(encoder):
     assert tok.truncation_side == "right"  # the tokenizer's own setting is restored
     with pytest.raises(ConfigError, match="truncate must be one of"):
         encoder.encode([short], truncate="middle")
+
+
+def test_token_counts_are_the_same_in_blocks(encoder):
+    """`EncoderTokens.count` tokenizes in blocks (bounded memory); the counts do not depend on the block."""
+    tokens = encoder.tokens()
+    texts = [" ".join(["retrieval"] * i + ["datastore"] * (i % 3)) for i in range(11)]
+    whole = tokens.count(texts, block=len(texts))
+    np.testing.assert_array_equal(tokens.count(texts, block=3), whole)
+    np.testing.assert_array_equal(tokens.count(texts, block=1), whole)
+    assert whole[0] == 0 and whole[5] > 5 and tokens.count([]).shape == (0,)

@@ -15,6 +15,10 @@ from .errors import ConfigError
 OnError = Literal["raise", "skip"]
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+# how the encoder runs: torch (sentence-transformers as loaded), onnx (the same graph exported to ONNX
+# Runtime, fp32) or onnx-int8 (that graph with dynamically quantized int8 weights); see relm.encoders.onnx
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+DEFAULT_ENCODER_BACKEND = "torch"
 DEFAULT_TOKENIZER = "smollm2"
 
 
@@ -188,16 +192,25 @@ class EncoderConfig:
     device: str | None = None  # None: cuda if available, else cpu
     # fp16 weights on GPU; ignored on CPU where fp16 matmuls are slow
     half_precision: bool = True
+    backend: str = DEFAULT_ENCODER_BACKEND
 
     def __post_init__(self):
         _check_str(self.model, "--encoder")
         check_int(self.max_seq_length, "--max-seq-length", minimum=1, optional=True)
         if self.device is not None:
             _check_str(self.device, "--device")
+        check_backend(self.backend)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
-        return _from_dict(cls, d)
+        # a config saved before backends existed was run by torch, whatever the default is now
+        return _from_dict(cls, {"backend": "torch", **d})
+
+
+def check_backend(backend: Any, name: str = "--encoder-backend") -> str:
+    if backend not in ENCODER_BACKENDS:
+        raise ConfigError(f"{name} must be one of {', '.join(ENCODER_BACKENDS)}, got {backend!r}")
+    return backend
 
 
 @dataclass(frozen=True)

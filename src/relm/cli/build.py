@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ..config import (
     DEFAULT_ENCODER,
+    DEFAULT_ENCODER_BACKEND,
     DEFAULT_TOKENIZER,
+    ENCODER_BACKENDS,
     BuildConfig,
     ChunkConfig,
     EncoderConfig,
@@ -44,7 +46,11 @@ def register(sub) -> None:
                    help="sentence-transformers model name/dir, or a local HF encoder dir (mean pooling)")
     p.add_argument("--no-normalize", action="store_true", help="store raw (not unit-length) embeddings")
     p.add_argument("--max-seq-length", type=int, help="encoder truncation in tokens (default: the model's)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; the onnx backends: cpu)")
+    p.add_argument("--encoder-backend", choices=ENCODER_BACKENDS, default=DEFAULT_ENCODER_BACKEND,
+                   help="run the encoder with torch, or ONNX Runtime in fp32 (onnx) or dynamically quantized int8 "
+                        "(onnx-int8; CPU only, files exported once into $RELM_CACHE/encoders). Recorded in the "
+                        "manifest: queries are embedded with the same backend")
     p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="encoder batch size")
     p.add_argument("--shard-size", type=int, default=BuildConfig.shard_size,
                    help="passages per embedding shard (the unit of resumption)")
@@ -106,6 +112,7 @@ def config_from_args(args) -> BuildConfig:
             normalize=not args.no_normalize,
             max_seq_length=args.max_seq_length,
             device=args.device,
+            backend=args.encoder_backend,
         ),
         batch_size=args.batch_size,
         shard_size=args.shard_size,

@@ -60,3 +60,23 @@ def writing(path: str, wait: bool):
     with writer_lock(path, wait=wait):
         recover(path, keep_new=True)
         yield Datastore.open(path)
+
+
+def add_query_backend_flags(parser) -> None:
+    """--encoder-backend / --allow-backend-mismatch for a subcommand that embeds queries."""
+    from ..config import ENCODER_BACKENDS
+
+    parser.add_argument("--encoder-backend", choices=ENCODER_BACKENDS,
+                        help="embed queries with this encoder backend (default: the one that built the datastore;"
+                             " another is accepted when its embeddings of a recorded probe agree, mean cosine"
+                             " >= 0.99)")
+    parser.add_argument("--allow-backend-mismatch", action="store_true",
+                        help="with --encoder-backend: accept a backend whose embeddings differ, with a warning")
+
+
+def open_for_queries(path, args):
+    """The datastore at `path`, read-only, with the query encoder backend `add_query_backend_flags` set."""
+    from ..datastore import Datastore
+
+    return Datastore.open(path, query_backend=getattr(args, "encoder_backend", None),
+                          allow_backend_mismatch=getattr(args, "allow_backend_mismatch", False))

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .common import HelpFormatter, add_progress_flags
+from .common import HelpFormatter, add_progress_flags, add_query_backend_flags, open_for_queries
 from .search import add_retriever_arguments, retriever_config, strict_json
 
 
@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("eval", nargs="+", metavar="EVAL", help="eval files or directories (any format relm build reads)")
     add_eval_arguments(p)
     p.add_argument("--out", "-o", metavar="DIR", help="output directory (default: runs/eval-<time>)")
+    add_query_backend_flags(p)
     p.set_defaults(run=run)
 
 
@@ -99,7 +100,6 @@ def check_hybrid_depth(variants, config) -> None:
 
 
 def make_evaluator(args, variants=None):
-    from ..datastore.store import Datastore
     from ..eval.evaluate import Evaluator
     from ..eval.filters import PassageFilter
     from ..eval.windows import WindowConfig
@@ -112,7 +112,7 @@ def make_evaluator(args, variants=None):
     filters = PassageFilter(decontaminate=args.decontaminate, dedup=args.dedup, min_words=args.min_words)
     lm_config = LMConfig(model=args.lm, device=args.device, dtype=args.dtype,
                          max_batch_tokens=args.max_batch_tokens, threads=args.threads)
-    ds = Datastore.open(args.datastore)
+    ds = open_for_queries(args.datastore, args)
     ds.encoder()  # fail early when the datastore's encoder is unavailable
     retriever = Retriever(ds, config)  # a missing or stale index fails now, not after scoring
     for v in variants:

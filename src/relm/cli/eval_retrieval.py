@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import HelpFormatter
+from .common import HelpFormatter, add_query_backend_flags, open_for_queries
 from .search import add_retriever_arguments, retriever_config
 
 
@@ -32,6 +32,7 @@ def register(sub) -> None:
                    help="several retriever kinds in one run, e.g. exact,bm25,hybrid (each keeps the other flags)")
     p.add_argument("--out", metavar="DIR", help="write summary.json, per_query.jsonl and a TREC run per retriever")
     add_retriever_arguments(p)
+    add_query_backend_flags(p)
     p.set_defaults(run=run)
 
 
@@ -42,7 +43,6 @@ def run(args) -> int:
     import numpy as np
 
     from ..corpus.queries import read_queries
-    from ..datastore import Datastore
     from ..errors import ConfigError
     from ..eval import retrieval as R
     from ..retrieval.options import SearchOptions
@@ -63,7 +63,7 @@ def run(args) -> int:
     if len(judged) < len(queries):
         print(f"relm eval-retrieval: {len(queries) - len(judged)} of {len(queries)} queries have no judgements "
               "and are not scored", file=sys.stderr)
-    ds = Datastore.open(args.datastore)
+    ds = open_for_queries(args.datastore, args)
     qids, texts = [q for q, _ in judged], [t for _, t in judged]
     results, per_query, runs, timing = {}, {}, {}, {}
     for name, config in configs.items():

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import HelpFormatter
+from .common import HelpFormatter, add_query_backend_flags, open_for_queries
 from .search import add_retriever_arguments, retriever_config
 
 
@@ -62,6 +62,7 @@ def register(sub) -> None:
     r.add_argument("--domain", action="append", default=[], help="only these domains (repeatable)")
     p.add_argument("--json", action="store_true", help="print the events as JSON lines")
     add_retriever_arguments(p)
+    add_query_backend_flags(p)
     p.set_defaults(run=run)
 
 
@@ -96,7 +97,6 @@ def filters(args):
 
 def run(args) -> int:
     from ..corpus.queries import read_queries
-    from ..datastore import Datastore
     from ..generation import DoneEvent, RetrievalEvent, TokenEvent, event_dict, generate_stream
     from ..generation.adaptive import AdaptiveK
     from ..lm import LMConfig, load_lm
@@ -111,7 +111,7 @@ def run(args) -> int:
     config = generation_config(args, adaptive)  # every flag checked before anything loads
     opts, rconfig = filters(args), retriever_config(args)
     prompts = [("1", args.prompt)] if args.prompt is not None else read_queries(args.prompts, None)
-    ds = Datastore.open(args.datastore)
+    ds = open_for_queries(args.datastore, args)
     retriever = None if args.no_retrieval else Retriever(ds, rconfig)
     if is_retro_run(args.lm):  # RETRO retrieves inside the model, per chunk: nothing is prepended
         lm, retriever = load_retro_lm(args.lm, ds, retriever), None

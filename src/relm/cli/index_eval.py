@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .common import HelpFormatter
+from .common import HelpFormatter, add_query_backend_flags, open_for_queries
 
 METRICS = (  # (report key, label, format)
     ("recall@1", "recall@1", "{:.4f}"),
@@ -42,18 +42,18 @@ def register(sub) -> None:
     p.add_argument("--refine", type=int, dest="refine_factor", metavar="N",
                    help="faiss: exact re-score of k x N candidates (default: the stored value)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_query_backend_flags(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..config import check_int
-    from ..datastore import Datastore
     from ..retrieval.index_eval import evaluate_index
     from ..retrieval.options import time_bound
 
     check_int(args.n_queries, "--n-queries", minimum=1)
     before, after = time_bound(args.before, "--before"), time_bound(args.after, "--after")
-    ds = Datastore.open(args.datastore)
+    ds = open_for_queries(args.datastore, args)
     allowed = ds.allowed(before=before, after=after, domains=tuple(args.domain))
     knobs = {k: getattr(args, k) for k in ("nprobe", "ef_search", "refine_factor") if getattr(args, k) is not None}
     report = evaluate_index(ds, args.name, queries_file=args.queries, n_queries=args.n_queries, seed=args.seed,

@@ -33,8 +33,11 @@ def run(args) -> int:
     if info["tokens"]:
         t = info["tokens"]["tokenizer"]
         print(f"tokenizer   {t['name']} (vocab {t['vocab_size']:,}, ids {t['id_dtype']})")
+    from ..encoders.compat import recorded_backend
+
     print(f"encoder     {enc['model']} (dim {enc['dim']}, {enc['pooling']} pooling, "
-          f"max_seq_length {enc['max_seq_length']}, normalize={enc['normalize']}, {enc['fingerprint']})")
+          f"max_seq_length {enc['max_seq_length']}, normalize={enc['normalize']}, {enc['fingerprint']}; "
+          f"backend {recorded_backend(enc)})")
     print("domains     " + ", ".join(f"{d['name']} ({d['documents']:,} docs)" for d in info["domains"]))
     print(f"disk        {info['disk_bytes'] / 2**20:,.1f} MiB; text {c['text_bytes'] / 2**20:,.1f} MiB; "
           f"{info['bytes_per_passage_beyond_text']:.1f} bytes/passage beyond the text")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import HelpFormatter, add_progress_flags
+from .common import HelpFormatter, add_progress_flags, add_query_backend_flags, open_for_queries
 from .search import add_retriever_arguments, retriever_config, strict_json
 
 
@@ -49,6 +49,7 @@ def register(sub) -> None:
     add_retriever_arguments(p, rename={"batch_size": "--query-batch-size"})
     p.add_argument("--out", "-o", metavar="DIR", help="output directory (default: runs/qa-<time>)")
     add_progress_flags(p)
+    add_query_backend_flags(p)
     p.set_defaults(run=run)
 
 
@@ -82,7 +83,6 @@ def check_args(args):
 
 def run(args) -> int:
     from ..artifacts import write_json_atomic
-    from ..datastore import Datastore
     from ..lm import LMConfig, load_lm
     from ..qa import read_qa, run_qa, split_items
     from ..qa.context import check_k
@@ -95,7 +95,7 @@ def run(args) -> int:
     shots_from = read_qa(args.shots_file, choices=args.choices) if args.shots_file else None
     shots, scored = split_items(items, max(config.shots), seed=config.seed, shots_from=shots_from,
                                 max_questions=args.max_questions)
-    ds = Datastore.open(args.datastore)
+    ds = open_for_queries(args.datastore, args)
     check_k(config.ks, ds)
     retriever = Retriever(ds, rconfig)  # a missing index fails now, before the LM loads
     lm = load_lm(LMConfig(model=args.lm, device=args.device, dtype=args.dtype, threads=args.threads))

@@ -12,7 +12,7 @@ import sys
 from ..corpus.queries import read_queries
 from ..distributed.runtime import add_ray_arguments, ray_config
 from ..errors import ConfigError
-from .common import HelpFormatter
+from .common import HelpFormatter, add_query_backend_flags, open_for_queries
 
 
 def register(sub) -> None:
@@ -59,6 +59,7 @@ def register(sub) -> None:
     f.add_argument("--adaptive-ratio", type=float, metavar="R",
                    help="adaptive k: keep hits scoring at least R x the best (in [0, 1])")
     f.add_argument("--adaptive-min-k", type=int, default=1, metavar="N", help="adaptive k: keep at least N hits")
+    add_query_backend_flags(p)
     p.set_defaults(run=run)
 
 
@@ -137,12 +138,11 @@ def check_args(args):
 
 
 def run(args) -> int:
-    from ..datastore import Datastore
     from ..retrieval.retriever import Retriever
 
     config, opts = check_args(args)
     ray = ray_config(args)
-    ds = Datastore.open(args.datastore)
+    ds = open_for_queries(args.datastore, args)
     queries = [("1", args.query)] if args.query is not None else read_queries(args.queries, args.query_id_field)
     if ray is None:
         return _answer(args, ds, queries, Retriever(ds, config), opts)

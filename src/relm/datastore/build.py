@@ -412,7 +412,11 @@ class _Builder:
         path = self.staging / "encoder.json"
         if path.exists():
             return read_json(path)
-        ident = dict(self.encoder.identity(), normalize=self.config.encoder.normalize)
+        from ..encoders.compat import encode_probe
+
+        # the probe: what another backend of this model is compared with when it embeds queries
+        ident = dict(self.encoder.identity(), normalize=self.config.encoder.normalize,
+                     probe=encode_probe(self.encoder, self.config.encoder.normalize))
         write_json_atomic(path, ident)
         return ident
 

@@ -11,7 +11,8 @@ format, format_version      "relm-datastore", 1
 relm_version                the relm that wrote it
 kind                        "passages" (word passages) or "tokens" (token chunks)
 generation, revision        passage ids/contents changed (add, compact) / anything changed (+ delete)
-encoder                     model, dim, pooling, max_seq_length, fingerprint, normalize
+encoder                     model, backend (torch, onnx, onnx-int8), quantization, runtime, dim, pooling,
+                            max_seq_length, fingerprint (of the source model), normalize, probe (compat.py)
 chunker, tokens             how text was cut; token ids' tokenizer, dtype and count (token mode)
 counts                      documents, passages, words, tokens, text_bytes, shards
 embeddings                  dtype float16, dim, shards [{file, start, rows}] covering [0, passages)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import EncoderConfig
+from ..config import ENCODER_BACKENDS, EncoderConfig, check_backend
 from ..corpus.documents import NO_TIMESTAMP, format_timestamp
 from ..errors import ConfigError, DatastoreError
 from ..retrieval.exact import exact_search
@@ -55,6 +55,11 @@ def _read_manifest_bytes(root: Path) -> bytes | None:
         return None
 
 
+def _loadable(backend: str) -> str:
+    """A recorded backend `load_encoder` can run (another, e.g. a test encoder's, is refused by the checks)."""
+    return backend if backend in ENCODER_BACKENDS else "torch"
+
+
 class Datastore:
     """A finished datastore, opened read-only and memory-mapped.
 
@@ -72,16 +77,29 @@ class Datastore:
         self._files = dict(files or {})
         self.index_root = Path(index_root) if index_root is not None else self.root / "indexes"
         self._encoder = None
+        # queries are embedded by the backend that built the datastore unless told otherwise (`open`)
+        self.query_backend: str | None = None
+        self.allow_backend_mismatch = False
 
     def path(self, rel: str) -> Path:
         """Where file `rel` of this datastore state lives (a staged file in a writer's view)."""
         return self._files.get(rel, self.root / rel)
 
     @classmethod
-    def open(cls, path: str | Path, *, wait_seconds: float = 30.0) -> Datastore:
+    def open(cls, path: str | Path, *, wait_seconds: float = 30.0, query_backend: str | None = None,
+             allow_backend_mismatch: bool = False) -> Datastore:
         """Open the datastore at `path` read-only. While a writer is applying a commit (a matter of
         renames) this waits up to `wait_seconds`; an interrupted commit is refused with the command that
-        finishes it (opening never writes)."""
+        finishes it (opening never writes). `query_backend` embeds queries with another encoder backend
+        than the one that built it (checked when the encoder loads: `encoders.compat`)."""
+        ds = cls._open(path, wait_seconds)
+        if query_backend is not None:
+            ds.query_backend = check_backend(query_backend)
+        ds.allow_backend_mismatch = bool(allow_backend_mismatch)
+        return ds
+
+    @classmethod
+    def _open(cls, path: str | Path, wait_seconds: float) -> Datastore:
         from . import journal
         from .lock import writer_active
 
@@ -137,7 +155,8 @@ class Datastore:
         fingerprint was checked when it was first loaded)."""
         if not self.changed():
             return self
-        new = Datastore.open(self.root)
+        new = Datastore.open(self.root, query_backend=self.query_backend,
+                             allow_backend_mismatch=self.allow_backend_mismatch)
         if self._encoder is not None and self.manifest["encoder"] == new.manifest["encoder"]:
             new._encoder = self._encoder
         return new
@@ -350,9 +369,11 @@ class Datastore:
         """The encoder that built this datastore (loaded once), checked against the manifest."""
         if self._encoder is None:
             from ..encoders import load_encoder
+            from ..encoders.compat import check_backend_compatible, recorded_backend
 
             recorded = self.manifest["encoder"]
-            config = config or EncoderConfig(model=recorded["model"], normalize=recorded["normalize"])
+            config = config or EncoderConfig(model=recorded["model"], normalize=recorded["normalize"],
+                                             backend=self.query_backend or _loadable(recorded_backend(recorded)))
             enc = load_encoder(config)
             ident = enc.identity()
             if ident["dim"] != self.dim:
@@ -362,6 +383,7 @@ class Datastore:
                     f"encoder {config.model!r} (fingerprint {ident['fingerprint']}) is not the one that built "
                     f"{self.root} (fingerprint {recorded['fingerprint']}); queries would be embedded differently"
                 )
+            check_backend_compatible(recorded, enc, where=str(self.root), allow_mismatch=self.allow_backend_mismatch)
             self._encoder = enc
         return self._encoder
 

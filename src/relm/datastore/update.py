@@ -21,14 +21,16 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..artifacts import save_npy_atomic
-from ..config import BuildConfig, ReaderConfig
+from ..config import ENCODER_BACKENDS, BuildConfig, EncoderConfig, ReaderConfig
 from ..corpus.readers import read_documents, resolve_inputs
+from ..encoders.compat import recorded_backend
 from ..errors import ConfigError, DatastoreError, InputError
 from . import journal
 from . import layout as L
@@ -129,14 +131,16 @@ def add_documents(
         config = BuildConfig(
             reader=reader or plan_config.reader,
             chunk=plan_config.chunk,
-            encoder=plan_config.encoder,
+            # new passages are embedded by the backend that embedded the others (what the manifest records)
+            encoder=_recorded_encoder(plan_config.encoder, ds.manifest["encoder"]),
             batch_size=plan_config.batch_size,
             shard_size=plan_config.shard_size,
         )
         _check_new_ids(ds, inputs, config.reader)
         new = build_datastore(inputs, root / journal.NEW, config, show_progress=show_progress, encoder=encoder,
                               replace_other=True)
-        if new.manifest["encoder"]["fingerprint"] != ds.manifest["encoder"]["fingerprint"]:
+        if new.manifest["encoder"]["fingerprint"] != ds.manifest["encoder"]["fingerprint"] or \
+                recorded_backend(new.manifest["encoder"]) != recorded_backend(ds.manifest["encoder"]):
             raise DatastoreError("the encoder changed since the datastore was built; rebuild it instead of adding")
         if (ds.manifest.get("tokens") or {}).get("tokenizer") != (new.manifest.get("tokens") or {}).get("tokenizer"):
             raise DatastoreError("the tokenizer changed since the datastore was built; rebuild it instead of adding")
@@ -147,6 +151,12 @@ def add_documents(
         update_indexes(ds, view)
         journal.commit_stage(root, manifest=manifest)
     return _reopen(root)
+
+
+def _recorded_encoder(config: EncoderConfig, recorded: dict[str, Any]) -> EncoderConfig:
+    """The plan's encoder config with the backend the manifest records (a test encoder's: left as planned)."""
+    backend = recorded_backend(recorded)
+    return replace(config, backend=backend) if backend in ENCODER_BACKENDS else config
 
 
 def _check_new_ids(ds, inputs, reader: ReaderConfig) -> None:

@@ -60,7 +60,12 @@ class SentenceTransformerEncoder:
 
         self.config = config
         self.name = config.model
-        self.device = pick_device(config.device)
+        # ONNX Runtime's CPU build runs the onnx backends: they default to the CPU even beside a GPU
+        self.device = ("cpu" if config.backend != "torch" and config.device in (None, "auto")
+                       else pick_device(config.device))
+        if config.backend != "torch" and self.device != "cpu":
+            raise ConfigError(f"--encoder-backend {config.backend} runs on the CPU (onnxruntime's CPU build); "
+                              f"on {self.device} use --encoder-backend torch")
         path = resolve_model_path(config.model)
         try:
             # a directory without modules.json is a plain HF encoder: sentence-transformers wraps it
@@ -75,15 +80,30 @@ class SentenceTransformerEncoder:
             ) from e
         if config.max_seq_length is not None:
             self.model.max_seq_length = config.max_seq_length
-        if self.device.startswith("cuda") and config.half_precision:
+        self._path = path
+        self.backend = config.backend
+        self.runtime = _runtime(self.backend)
+        if self.backend != "torch":
+            self._use_onnx()
+        elif self.device.startswith("cuda") and config.half_precision:
             self.model.half()
         self.model.eval()
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.pooling = _pooling_mode(self.model)
-        self._path = path
         # the truncation side is tokenizer state, read when a batch is tokenized: one encode at a time
         self._lock = threading.Lock()
+
+    def _use_onnx(self) -> None:
+        """Run the transformer with ONNX Runtime (files exported once into relm's cache, then reused)."""
+        import torch
+
+        from . import onnx
+
+        onnx.require_ort(self.backend)
+        directory = onnx.ensure_onnx(self.model, self.name, self.fingerprint(), self.backend)
+        # one thread setting for every backend: torch's (OMP_NUM_THREADS / torch.set_num_threads)
+        self.export = onnx.use_onnx(self.model, directory, threads=torch.get_num_threads())
 
     def encode(
         self,
@@ -121,6 +141,12 @@ class SentenceTransformerEncoder:
         return self._tokens
 
     def fingerprint(self) -> str:
+        """The source model's fingerprint (one per model, whichever backend runs it)."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         if self._path is not None:
             return directory_fingerprint(self._path)
         # a cached hub model: hash the weights we actually hold
@@ -135,12 +161,33 @@ class SentenceTransformerEncoder:
     def identity(self) -> dict[str, Any]:
         return {
             "model": self.name,
-            "backend": "sentence-transformers",
+            "backend": self.backend,
+            "quantization": _quantization(self.backend),
+            "runtime": self.runtime,
             "dim": self.dim,
             "pooling": self.pooling,
             "max_seq_length": int(self.model.max_seq_length),
             "fingerprint": self.fingerprint(),
         }
+
+
+def _runtime(backend: str) -> str:
+    """What computes the embeddings, with its version (recorded, not compared)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    dist = "torch" if backend == "torch" else "onnxruntime"
+    try:
+        return f"{dist} {version(dist)}"
+    except PackageNotFoundError:
+        return dist
+
+
+def _quantization(backend: str) -> dict[str, Any] | None:
+    if backend != "onnx-int8":
+        return None
+    from .onnx import QUANTIZATION
+
+    return dict(QUANTIZATION)
 
 
 @contextmanager
