@@ -35,7 +35,8 @@ def minilm_tokens():
 
 
 class CountingEncoder(HashEncoder):
-    """The hash encoder with a real tokenizer at a small max length, recording what it was asked to embed."""
+    """The hash encoder with a real tokenizer at a small max length, recording the passages it was asked to
+    embed (not the build's backend probe, `relm.encoders.compat.PROBE_TEXTS`)."""
 
     def __init__(self, tokens: EncoderTokens | None):
         self._tokens = tokens
@@ -45,7 +46,10 @@ class CountingEncoder(HashEncoder):
         return self._tokens
 
     def encode(self, texts, **kw):
-        self.seen.extend(texts)
+        from relm.encoders.compat import PROBE_TEXTS
+
+        if tuple(texts) != PROBE_TEXTS:
+            self.seen.extend(texts)
         return super().encode(texts, **kw)
 
 
