@@ -122,6 +122,27 @@ class HashEncoder:
                 "max_seq_length": 0, "fingerprint": "hash32-v1"}
 
 
+def write_tiny_bert(model_dir: Path) -> Path:
+    """A seeded 2-layer BERT (hidden 32, no sentence-transformers files: mean pooling) with the MiniLM
+    tokenizer, saved to model_dir: a real transformers encoder that loads and exports in about a second."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from relm.encoders import resolve_model_path
+
+    src = resolve_model_path("all-MiniLM-L6-v2")
+    model_dir.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, model_dir / name)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).eval().save_pretrained(str(model_dir))
+    return model_dir
+
+
 def build_hash_datastore(root: Path, n_docs: int = 300, words: int = 24):
     """A real datastore (through the real build) of n_docs documents with 8-word passages, hash-encoded."""
     from relm import BuildConfig, ChunkConfig, build_datastore

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
 
 from relm import ConfigError, EncoderConfig
-from relm.encoders import load_encoder, resolve_model_path
+from relm.encoders import load_encoder
+
+from conftest import write_tiny_bert
 
 pytest.importorskip("onnxruntime")
 
@@ -23,19 +24,7 @@ TEXTS = ["retrieval from a datastore", "a second, longer text with more tokens i
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     """A seeded 2-layer BERT (mean pooling) beside the MiniLM tokenizer: exports in about a second."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    src = resolve_model_path("all-MiniLM-L6-v2")
-    model_dir = tmp_path_factory.mktemp("enc") / "tiny-bert"
-    model_dir.mkdir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(src / name, model_dir / name)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).eval().save_pretrained(str(model_dir))
-    return model_dir
+    return write_tiny_bert(tmp_path_factory.mktemp("enc") / "tiny-bert")
 
 
 @pytest.fixture

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from relm import ConfigError, EncoderConfig
-from relm.encoders import Encoder, load_encoder, resolve_model_path
+from relm.encoders import Encoder, load_encoder
+
+from conftest import write_tiny_bert
 
 
 def test_default_encoder_contract(encoder):
@@ -30,17 +30,9 @@ def test_default_encoder_contract(encoder):
 def test_plain_hf_encoder_uses_mean_pooling(tmp_path):
     """A plain transformers encoder directory (no sentence-transformers files) is mean-pooled over tokens."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer, BertModel
 
-    src = resolve_model_path("all-MiniLM-L6-v2")
-    model_dir = tmp_path / "tiny-bert"
-    model_dir.mkdir()
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(src / name, model_dir / name)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).eval().save_pretrained(str(model_dir))
+    model_dir = write_tiny_bert(tmp_path / "tiny-bert")
 
     enc = load_encoder(EncoderConfig(model=str(model_dir)))
     assert enc.dim == 32 and enc.identity()["pooling"] == "mean"
