@@ -2,7 +2,8 @@
 
 build:  `relm build SAMPLE` vs `relm build SAMPLE --ray` on the seeded 10% corpus sample
         (build_throughput.sample_corpus), as whole processes (start-up, model load, Ray start included),
-        alternated in pairs; the two outputs are compared byte for byte (stats.json aside).
+        on both cores: one Ray actor of 2 threads, and two of 1 thread; rounds with the order rotated. The
+        outputs are compared byte for byte (stats.json aside) with local builds at the same thread count.
 search: a sharded index of S = 1, 2, 4, 8 k-means Flat shards over seeded clustered vectors, searched
         in-process (`ShardedIndex`) and through S Ray shard actors (`RayShardedIndex`) on the same shard
         files: batched (64 queries a call) queries/s and single-query latency, alternated in pairs.
@@ -44,32 +45,48 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != "stats.json"}
 
 
+BUILD_MODES = {  # name -> (extra flags, environment): every mode uses both cores
+    "local": ([], {}),
+    "ray 1x2": (["--ray", "--ray-cpus", "2", "--encode-actors", "1", "--threads-per-actor", "2"], {}),
+    "ray 2x1": (["--ray", "--ray-cpus", "2", "--encode-actors", "2", "--threads-per-actor", "1"], {}),
+}
+
+
+def run_build(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
 def bench_build(pairs: int, work: Path) -> dict:
+    """Each mode once per round, the order rotated between rounds; then the byte checks: `ray 1x2` against
+    the local build (both 2 torch threads), `ray 2x1` against a local build at 1 thread (OMP_NUM_THREADS=1),
+    since torch's float sums depend on the thread count."""
     sample = sample_corpus(DEFAULT_CORPUS, 0.1, work / "sample")
     relm = [sys.executable, "-m", "relm", "build", str(sample), "--no-progress"]
+    modes = list(BUILD_MODES)
     rows = []
     for p in range(pairs):
-        for mode in (("local", "ray") if p % 2 == 0 else ("ray", "local")):
-            out = work / mode
+        for mode in modes[p % len(modes):] + modes[: p % len(modes)]:
+            out = work / mode.replace(" ", "-")
             shutil.rmtree(out, ignore_errors=True)
-            cmd = relm + ["--out", str(out)] + (["--ray", "--ray-cpus", "2"] if mode == "ray" else [])
+            flags, env = BUILD_MODES[mode]
             before = load()
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode:
-                raise RuntimeError(f"{' '.join(cmd)}:\n{proc.stderr[-3000:]}")
-            rows.append({"pair": p, "mode": mode, "seconds": wall, "load_before": before, "load_after": load()})
-            print(f"build pair {p} {mode}: {wall:.1f} s (load {before})", flush=True)
-        identical = tree_bytes(work / "local") == tree_bytes(work / "ray")
-        rows[-1]["identical_to_local"] = identical
+            wall = run_build(relm + ["--out", str(out), *flags], env)
+            rows.append({"round": p, "mode": mode, "seconds": wall, "load_before": before, "load_after": load()})
+            print(f"build round {p} {mode}: {wall:.1f} s (load {before})", flush=True)
+    run_build(relm + ["--out", str(work / "local-1")], {"OMP_NUM_THREADS": "1"})
+    identical = {"ray 1x2 == local (2 threads)": tree_bytes(work / "local") == tree_bytes(work / "ray-1x2"),
+                 "ray 2x1 == local (1 thread)": tree_bytes(work / "local-1") == tree_bytes(work / "ray-2x1")}
+    print(identical, flush=True)
     passages = json.loads((work / "local" / "manifest.json").read_text())["counts"]["passages"]
-    med = {m: statistics.median(r["seconds"] for r in rows if r["mode"] == m) for m in ("local", "ray")}
-    ratios = [next(r["seconds"] for r in rows if r["pair"] == p and r["mode"] == "ray") /
-              next(r["seconds"] for r in rows if r["pair"] == p and r["mode"] == "local") for p in range(pairs)]
-    return {"passages": passages, "runs": rows, "median_seconds": med, "pair_ratios": ratios,
-            "median_ratio": statistics.median(ratios),
-            "byte_identical": all(r.get("identical_to_local", True) for r in rows)}
+    secs = {m: {r["round"]: r["seconds"] for r in rows if r["mode"] == m} for m in modes}
+    ratios = {m: [secs[m][p] / secs["local"][p] for p in range(pairs)] for m in modes if m != "local"}
+    return {"passages": passages, "runs": rows, "median_seconds": {m: statistics.median(secs[m].values()) for m in modes},
+            "round_ratios": ratios, "median_ratio": {m: statistics.median(r) for m, r in ratios.items()},
+            "byte_identical": identical}
 
 
 def bench_search(passages: int, dim: int, shard_counts: list[int], pairs: int, work: Path, threads: int) -> dict:
@@ -131,11 +148,13 @@ def table(results: dict) -> str:
     lines = []
     if "build" in results:
         b = results["build"]
-        lines += ["| build, 10% sample | local (s) | ray (s) | ray / local (median of pairs) | byte-identical |",
-                  "|---|---|---|---|---|",
-                  f"| {b['passages']:,} passages | {b['median_seconds']['local']:.1f} | {b['median_seconds']['ray']:.1f} | "
-                  f"{b['median_ratio']:.2f} ({', '.join(f'{r:.2f}' for r in b['pair_ratios'])}) | {b['byte_identical']} |",
-                  ""]
+        lines += [f"| build, 10% sample ({b['passages']:,} passages) | median s | / local (median of rounds) | rounds |",
+                  "|---|---|---|---|"]
+        for m, sec in b["median_seconds"].items():
+            r = b["median_ratio"].get(m)
+            rounds = ", ".join(f"{x:.2f}" for x in b["round_ratios"].get(m, []))
+            lines.append(f"| {m} | {sec:.1f} | {'' if r is None else f'{r:.2f}'} | {rounds} |")
+        lines += ["", "byte-identical: " + ", ".join(f"{k}: {v}" for k, v in b["byte_identical"].items()), ""]
     if "search" in results:
         s = results["search"]
         lines += [f"| shards ({s['passages']:,} x {s['dim']}, k {s['k']}) | local q/s (batch {s['batch']}) | ray q/s | "

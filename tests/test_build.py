@@ -284,7 +284,7 @@ def test_inputs_inside_the_output_are_ignored(tmp_path, encoder):
 
 
 def test_a_build_split_into_parts_and_assembled_is_byte_identical(tmp_path):
-    """files[rank::2] built as two datastores and merged by `assemble` == the one-process build."""
+    """files[rank::2] chunked as two parts, assembled, then encoded job by job == the one-process build."""
     from relm.datastore import build_in_parts
 
     from conftest import HashEncoder
@@ -292,9 +292,10 @@ def test_a_build_split_into_parts_and_assembled_is_byte_identical(tmp_path):
     records = corpus_records(n_docs=15, base_words=40)
     for i in range(5):
         write_jsonl(tmp_path / "in" / f"f{i}.jsonl", records[i::5])
-    config = BuildConfig(chunk=ChunkConfig(max_words=16, min_words=4), shard_size=7)
+    config = BuildConfig(chunk=ChunkConfig(max_words=16, min_words=4), shard_size=7, batch_size=2)
     one = build_datastore([tmp_path / "in"], tmp_path / "one", config, encoder=HashEncoder())
-    parts = build_in_parts([tmp_path / "in"], tmp_path / "two", config, world_size=2, encoder=HashEncoder())
+    parts = build_in_parts([tmp_path / "in"], tmp_path / "two", config, world_size=2, encoder=HashEncoder(),
+                           passages_per_job=4)
     a, b = tree_bytes(one.root), tree_bytes(parts.root)
     a.pop("stats.json", None), b.pop("stats.json", None)
     assert a == b and len(parts) == len(one) and not (parts.root / L.STAGING).exists()
@@ -303,6 +304,58 @@ def test_a_build_split_into_parts_and_assembled_is_byte_identical(tmp_path):
     with pytest.raises(InputError, match="more than one part"):
         build_in_parts([tmp_path / "in" / "f0.jsonl", dup], tmp_path / "three", config, world_size=2,
                        encoder=HashEncoder())
+
+
+def test_a_split_build_is_byte_identical_with_a_real_transformer_and_resumes_its_encode_jobs(tmp_path, encoder):
+    """MiniLM's vectors depend on what a text is batched with (checked here, so the test has teeth); the
+    split build encodes the one-process build's planned batches, in jobs, and gets its exact bytes. A
+    build killed in its encode jobs reruns only the jobs it had not finished."""
+    from relm.datastore import build_in_parts
+    from relm.encoders.batching import batch_plan
+
+    records = corpus_records(n_docs=40, base_words=30)
+    for r, extra in zip(records, range(40), strict=True):
+        r["text"] = " ".join(r["text"].split()[: 12 + 3 * (extra % 7)])  # passages of many lengths
+    write_jsonl(tmp_path / "in" / "a.jsonl", records[:34])  # one large file: parallel over batches, not files
+    write_jsonl(tmp_path / "in" / "b.jsonl", records[34:])
+    config = BuildConfig(chunk=ChunkConfig(max_words=20, min_words=4), shard_size=40, batch_size=8)
+    one = build_datastore([tmp_path / "in"], tmp_path / "one", config, encoder=encoder)
+
+    texts = one.passage_input_texts(range(len(one)))
+    other = np.concatenate([encoder.encode(texts[i : i + 5], batch_size=5) for i in range(0, len(texts), 5)])
+    assert (other.astype(np.float16) != one.embeddings(range(len(one)))).any(), "no batch dependence to test"
+    assert len(one) > 40 and len(batch_plan(texts[:40], 8)) == 5  # two shards: 3 + 1 jobs of 16 passages
+
+    class Killed(Exception):
+        pass
+
+    class DiesInThirdJob:
+        def __init__(self):
+            self.calls = 0
+            self.dim, self.name = encoder.dim, encoder.name
+
+        def __getattr__(self, name):
+            return getattr(encoder, name)
+
+        def encode(self, batch, **kw):
+            if len(batch) == 8:  # a planned batch, not the 5 probe texts
+                self.calls += 1
+                if self.calls > 4:
+                    raise Killed()
+            return encoder.encode(batch, **kw)
+
+    with pytest.raises(Killed):
+        build_in_parts([tmp_path / "in"], tmp_path / "two", config, world_size=2, encoder=DiesInThirdJob(),
+                       passages_per_job=16)
+    finished = sorted((tmp_path / "two" / L.STAGING / "vectors").glob("shard-*/job-*.npy"))
+    assert len(finished) == 2
+    parts = build_in_parts([tmp_path / "in"], tmp_path / "two", config, world_size=2, encoder=encoder,
+                           passages_per_job=16)
+    stats = json.loads((parts.root / L.STATS).read_text())
+    assert stats["encoded_passages"] == len(one) - 32  # the two finished jobs were kept
+    a, b = tree_bytes(one.root), tree_bytes(parts.root)
+    a.pop("stats.json", None), b.pop("stats.json", None)
+    assert a == b
 
 
 def test_stats_count_the_encoder_load_once(tmp_path, small_corpus, monkeypatch):

@@ -81,9 +81,12 @@ def register(sub) -> None:
     r.add_argument("--encode-actors", type=int, metavar="N",
                    help="encode actors, each loading the encoder once (default: one per CPU of the Ray cluster)")
     r.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="G", help="GPUs requested per encode actor")
+    r.add_argument("--threads-per-actor", type=int, default=1, metavar="T",
+                   help="CPUs (torch threads) per encode actor; the build equals `relm build` run with as many "
+                   "threads (OMP_NUM_THREADS=T)")
     r.add_argument("--parts", type=int, default=DEFAULT_PARTS, metavar="N",
-                   help="parts (files[r::N]); each is built whole by one actor and is the unit of resumption; "
-                   "keep it when resuming")
+                   help="parts (files[r::N]) to read and chunk in parallel, each the unit of resumption of that "
+                   "phase; encoding is then split by batches, not parts; keep it when resuming")
     p.set_defaults(run=run)
 
 
@@ -133,7 +136,7 @@ def run(args) -> int:
             raise ConfigError("--overwrite is not supported with --ray; remove --out first")
         ds = ray_build(args.inputs, args.out, config_from_args(args), ray_config=ray, parts=args.parts,
                        encode_actors=args.encode_actors, gpus_per_actor=args.gpus_per_actor,
-                       show_progress=args.progress)
+                       threads_per_actor=args.threads_per_actor, show_progress=args.progress)
     info = ds.info()
     c, read = info["counts"], ds.manifest["build"]["read"]
     line = (f"built {ds.root}: {c['documents']:,} documents, {c['passages']:,} passages, {c['words']:,} words"

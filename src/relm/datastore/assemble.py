@@ -34,8 +34,10 @@ class Segment:
 
 
 def assemble(out: Path, segments: Sequence[Segment], *, shard_size: int, build: dict[str, Any],
-             inputs: Sequence[dict[str, Any]], check_ids: bool = False) -> Manifest:
-    """Write the concatenation of `segments` under `out`; returns its manifest (not written)."""
+             inputs: Sequence[dict[str, Any]], check_ids: bool = False, vectors: bool = True) -> Manifest:
+    """Write the concatenation of `segments` under `out`; returns its manifest (not written). `vectors`
+    False: the embedding shards are listed in the manifest but not written (nor read from the segments,
+    which may have none: `layout.DEFERRED`); the caller encodes and writes them."""
     if not segments:
         raise DatastoreError("assemble needs at least one segment")
     first = segments[0].ds.meta
@@ -58,7 +60,8 @@ def assemble(out: Path, segments: Sequence[Segment], *, shard_size: int, build: 
         nonlocal buffered, written
         if buffered:
             rel = L.embedding_shard(len(shards))
-            save_npy_atomic(out / rel, np.concatenate(buf).astype(np.float16))
+            if vectors:
+                save_npy_atomic(out / rel, np.concatenate(buf).astype(np.float16))
             shards.append(EmbeddingShard(rel, written, buffered))
             written += buffered
             buf.clear()
@@ -97,7 +100,8 @@ def assemble(out: Path, segments: Sequence[Segment], *, shard_size: int, build: 
                 start = a
                 while start < b:  # vectors, re-cut into shards of shard_size rows
                     take = min(shard_size - buffered, b - start)
-                    buf.append(ds.embeddings(np.arange(start, start + take)))
+                    if vectors:
+                        buf.append(ds.embeddings(np.arange(start, start + take)))
                     buffered += take
                     start += take
                     if buffered == shard_size:

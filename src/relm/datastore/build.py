@@ -25,7 +25,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +44,12 @@ from ..config import BuildConfig
 from ..corpus.chunking import chunk_tokens, chunk_words
 from ..corpus.documents import NO_TIMESTAMP, Document, with_title
 from ..corpus.readers import InputFile, ReadStats, read_documents, resolve_inputs
+from ..encoders.batching import encode_planned
 from ..errors import DatastoreError, InputError
 from ..progress import progress
 from . import layout as L
 from .ids import IdRegistry
+from .layout import DEFERRED
 from .lock import LOCK, writer_lock
 from .manifest import Counts, EmbeddingShard, Manifest
 
@@ -108,121 +110,6 @@ def build_datastore(
         builder = _Builder(out, files, config, show_progress, encoder)
         builder.run()
     return Datastore.open(out)
-
-
-@dataclass(frozen=True)
-class PartJob:
-    """One part of a build split into parts: the files part `rank` reads (files[rank::world_size]) and the
-    directory its part datastore is built in (`out/.build/parts/part-RRRRR`). What a distributed build
-    hands to a worker; `build_part` runs it."""
-
-    rank: int
-    where: Path
-    files: tuple[InputFile, ...]
-    config: BuildConfig
-
-
-def build_part(job: PartJob, *, show_progress: bool | None = None, encoder=None) -> dict[str, Any]:
-    """Build (or resume, or find finished) one part datastore; its manifest's counts. Runs in any process
-    that sees `job.where` (a Ray worker on a shared filesystem), under the part's own writer lock."""
-    job.where.mkdir(parents=True, exist_ok=True)
-    with writer_lock(job.where):
-        if not _prepare_output(job.where, _plan(list(job.files), job.config), False):
-            _Builder(job.where, list(job.files), job.config, show_progress, encoder).run()
-    return read_json(job.where / L.MANIFEST)["counts"]
-
-
-def build_in_parts(
-    inputs: list[str | Path],
-    out: str | Path,
-    config: BuildConfig = BuildConfig(),
-    *,
-    world_size: int,
-    show_progress: bool | None = None,
-    encoder=None,
-    run_parts: Callable[[list[PartJob]], None] | None = None,
-):
-    """The build split into `world_size` parts, as a distributed build runs it: part r is a datastore of
-    its own built from files[r::world_size] (under `out/.build/parts/`, each resumable), and `assemble`
-    merges the parts in input order, refusing a document id that two parts share. The result is
-    byte-identical to `build_datastore` on the same inputs (stats.json, which holds timings, aside).
-    `run_parts(jobs)` builds the parts (default: one after another here; `relm.distributed` runs them
-    on Ray); parts already finished are found finished by `build_part` and skipped."""
-    from .assemble import assemble
-    from .store import Datastore
-
-    if not isinstance(world_size, int) or world_size < 1:
-        raise DatastoreError(f"world_size must be a positive integer, got {world_size!r}")
-    out = Path(out)
-    files, plan = _files_and_plan(inputs, out, config)
-    t_start = time.perf_counter()
-    with writer_lock(out):
-        if _prepare_output(out, plan, False):
-            return Datastore.open(out)
-        jobs = [PartJob(rank, out / L.STAGING / "parts" / f"part-{rank:05d}", tuple(files[rank::world_size]), config)
-                for rank in range(min(world_size, len(files)))]
-        if run_parts is None:
-            for job in jobs:
-                build_part(job, show_progress=show_progress, encoder=encoder)
-        else:
-            run_parts(jobs)
-        parts: dict[int, Datastore] = {job.rank: Datastore.open(job.where) for job in jobs}
-        segments = _segments_in_input_order(files, parts, world_size)
-        read = _merge_read_stats([parts[r].manifest["build"]["read"] for r in sorted(parts)])
-        build = {"plan": plan, "read": read}
-        counted = merge_encoder_input([parts[r].manifest["build"].get("encoder_input") for r in sorted(parts)])
-        if counted is not None:
-            build["encoder_input"] = counted
-        manifest = assemble(out, segments, shard_size=config.shard_size, build=build,
-                            inputs=plan["inputs"], check_ids=True).to_json()
-        c = manifest["counts"]
-        total = max(time.perf_counter() - t_start, 1e-9)
-        write_json_atomic(out / L.STATS, {"counts": c, "read": read, "seconds": {"total": round(total, 4)},
-                                          "encoder_input": counted, "parts": len(parts),
-                                          "throughput": {"passages_per_s": c["passages"] / total}})
-        write_json_atomic(out / L.MANIFEST, manifest)
-        shutil.rmtree(out / L.STAGING)
-    return Datastore.open(out)
-
-
-def _segments_in_input_order(files: list[InputFile], parts: dict[int, Any], world_size: int) -> list:
-    """Runs of documents, one per input file, in the order one process reads them (file i is in part
-    i % world_size, whose documents are in its own file order)."""
-    from .assemble import Segment
-
-    cursor = dict.fromkeys(parts, 0)
-    out = []
-    for i, f in enumerate(files):
-        rank = i % world_size
-        ds = parts[rank]
-        start = j = cursor[rank]
-        while j < ds.n_documents:
-            source = ds.document(j)["source"]
-            if source != f.display and not source.startswith(f.display + ":"):
-                break
-            j += 1
-        cursor[rank] = j
-        if j > start:
-            out.append(Segment(ds, np.arange(start, j, dtype=np.int64)))
-    for rank, ds in parts.items():
-        if cursor[rank] != ds.n_documents:
-            raise DatastoreError(f"internal: part {rank} has documents from no input file in its order")
-    return out
-
-
-def _merge_read_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    skipped: dict[str, int] = {}
-    for s in stats:
-        for k, v in s["skipped"].items():
-            skipped[k] = skipped.get(k, 0) + v
-    return {
-        "files": sum(s["files"] for s in stats),
-        "documents": sum(s["documents"] for s in stats),
-        "skipped": dict(sorted(skipped.items())),
-        "skipped_total": sum(s["skipped_total"] for s in stats),
-        "skipped_examples": [e for s in stats for e in s["skipped_examples"]][:20],
-        "non_finite_nulled": sum(s.get("non_finite_nulled", 0) for s in stats),
-    }
 
 
 def _files_and_plan(inputs, out: Path, config: BuildConfig) -> tuple[list[InputFile], dict[str, Any]]:
@@ -355,8 +242,10 @@ def _remove_leftovers(out: Path) -> None:
 
 
 class _Builder:
-    def __init__(self, out: Path, files: list[InputFile], config: BuildConfig, show_progress, encoder):
+    def __init__(self, out: Path, files: list[InputFile], config: BuildConfig, show_progress, encoder,
+                 encode: bool = True):
         self.out = out
+        self.encode = encode  # False: text only, vectors deferred (a part of a build split in parts)
         self.staging = out / L.STAGING
         self.files = files
         self.config = config
@@ -566,18 +455,17 @@ class _Builder:
             counts["truncated"] = tokens.truncated(inputs)
             counts["max_length"] = tokens.max_length
         self.timer.add("count_tokens", t0)
-        t0 = time.perf_counter()
-        vectors = encoder.encode(
-            inputs,
-            batch_size=self.config.batch_size,
-            normalize=self.config.encoder.normalize,
-            show_progress=bool(self.show_progress) if self.show_progress is not None else False,
-        )
-        self.timer.add("encode", t0)
-        self.encoded_passages += len(shard)
+        vectors = None
+        if self.encode:
+            t0 = time.perf_counter()
+            vectors = encode_planned(encoder, inputs, batch_size=self.config.batch_size,
+                                     normalize=self.config.encoder.normalize, show_progress=bool(self.show_progress))
+            self.timer.add("encode", t0)
+            self.encoded_passages += len(shard)
         t0 = time.perf_counter()
         self.encoder_identity()
-        save_npy_atomic(sdir / "embeddings.npy", vectors.astype(np.float16))
+        if vectors is not None:
+            save_npy_atomic(sdir / "embeddings.npy", vectors)
         encoded = [t.encode("utf-8") for t in shard.texts]
         offsets = np.zeros(len(encoded) + 1, dtype=np.uint64)
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
@@ -607,7 +495,7 @@ class _Builder:
         if n_docs >= 2**32 - 1:
             raise DatastoreError(f"{n_docs} documents do not fit uint32 document indexes; split the corpus")
         out = self.out
-        for i, d in enumerate(dirs):  # a link, not a move: until the manifest exists, .build/ stays whole
+        for i, d in enumerate(dirs if self.encode else ()):  # a link, not a move: .build/ stays whole until
             dst = out / L.embedding_shard(i)
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.unlink(missing_ok=True)
@@ -642,7 +530,7 @@ class _Builder:
         encoder = self.encoder_identity()
         shards = []
         start = 0
-        for i, c in enumerate(counts):
+        for i, c in enumerate(counts if self.encode else ()):
             shards.append({"file": L.embedding_shard(i), "start": start, "rows": c["passages"]})
             start += c["passages"]
         plan = read_json(self.staging / "plan.json")
@@ -664,13 +552,14 @@ class _Builder:
                 words=int(sum(c["words"] for c in counts)),
                 tokens=int(sum(c["tokens"] for c in counts)) if tokens else None,
                 text_bytes=int((out / L.PASSAGE_TEXT).stat().st_size),
-                shards=n_shards,
+                shards=n_shards if self.encode else 0,
             ),
             dim=encoder["dim"],
             shards=tuple(EmbeddingShard(**s) for s in shards),
             domains=tuple(domains),
             inputs=tuple(plan["inputs"]),
             build=build,
+            extra={} if self.encode else {DEFERRED: True},
         ).to_json()
 
     def _finalize_docs(self, dirs: list[Path], n_docs: int) -> list[dict[str, Any]]:

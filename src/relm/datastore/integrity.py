@@ -85,7 +85,7 @@ def open_files(ds) -> dict[str, Any]:
     out["_records"] = _bytes_file(ds, L.DOC_RECORDS, int(ro[-1]))
     out["doc_domain"] = _array(ds, L.DOC_DOMAIN, (n_docs,), ("uint16",))
     out["doc_timestamp"] = _array(ds, L.DOC_TIMESTAMP, (n_docs,), ("int64",))
-    out["embedding_shards"] = _shards(ds, m, n, dim)
+    out["embedding_shards"] = NoVectors(ds.root) if m.get(L.DEFERRED) else _shards(ds, m, n, dim)
     if m.get("tokens"):
         count = _count(ds, m, "tokens", "count")
         ids = _array(ds, L.TOKEN_IDS, (count,), ("uint16", "uint32"))
@@ -96,6 +96,19 @@ def open_files(ds) -> dict[str, Any]:
         out["_token_arrays"] = (ids, tok_off)
     out["deleted_documents"] = _deleted(ds, n_docs)
     return out
+
+
+class NoVectors:
+    """The embedding shards of a datastore whose vectors are deferred (`layout.DEFERRED`): any use is refused."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _refuse(self, *_):
+        raise DatastoreError(f"{self.root} holds passages without vectors (a part of a build in progress, "
+                             "encoded after the parts are assembled); open the finished datastore instead")
+
+    __iter__ = __len__ = __getitem__ = _refuse
 
 
 def _shards(ds, m: dict[str, Any], n: int, dim: int) -> list[tuple[int, np.ndarray]]:

@@ -47,6 +47,9 @@ DOC_TIMESTAMP = "docs/timestamp.npy"
 TOKEN_IDS = "tokens/ids.npy"
 TOKEN_OFFSETS = "tokens/offsets.npy"
 EMBEDDINGS_DIR = "embeddings"
+# manifest key of a datastore written with its text but not yet its vectors: a part of a build split into
+# parts (`datastore.build.build_in_parts`), whose vectors are encoded after the parts are assembled
+DEFERRED = "vectors_deferred"
 
 
 def shard_name(i: int) -> str:

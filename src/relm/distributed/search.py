@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DatastoreError
+from ..retrieval import partial
 from ..retrieval.indexes import check_probe, index_dir, read_index_config
 from ..retrieval.sharding import LocalShard, PackedFilter, ShardedIndex, shard_generations
 from .runtime import RayConfig, init_ray
@@ -204,6 +205,8 @@ class RayShardedIndex(ShardedIndex):
                 raise DatastoreError(f"index {self.name!r}: {what} (--on-shard-failure partial returns the other "
                                      "shards' hits; --shard-timeout waits longer)")
             self.partial_searches += 1
+            for s, why in failed:
+                partial.report(f"index {self.name} shard {s} {why}")
             log.warning("index %s: partial results for %d queries: %s", self.name, len(vectors), what)
         return parts
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from . import partial
 from .cache import ResultCache
 from .fusion import adaptive_k, interpolate, rescore, rrf, threshold
 from .options import (  # noqa: F401 (re-exported: the seam's vocabulary)
@@ -366,10 +367,12 @@ class Retriever:
             else:
                 scores[row], ids[row] = hit
         if missing:
-            s, i = compute(np.array(missing, dtype=np.int64))
+            with partial.recording() as left_out:
+                s, i = compute(np.array(missing, dtype=np.int64))
             for j, row in enumerate(missing):
                 scores[row], ids[row] = s[j], i[j]
-                self.cache.put(full[row], s[j], i[j])
+                if not left_out:  # a partial answer (a shard left out) is not kept
+                    self.cache.put(full[row], s[j], i[j])
         return scores, ids
 
     # -- saying why a list is short or empty -------------------------------------------------------------

@@ -134,8 +134,8 @@ def create_app(state, *, load: bool = False, on_load_failure: Callable[[], None]
         except TimeoutError:
             raise _timeout(state) from None
         if req.query is not None:
-            return JSONResponse({"query": req.query, "retriever": kind, "hits": rows[0]})
-        return JSONResponse({"retriever": kind, "results": [{"query": q, "hits": h}
+            return JSONResponse({"query": req.query, "retriever": kind, "hits": rows[0], **_partial(rows[0])})
+        return JSONResponse({"retriever": kind, "results": [{"query": q, "hits": h, **_partial(h)}
                                                             for q, h in zip(texts, rows, strict=True)]})
 
     def start(prompt, gconfig, opts, query=None):
@@ -222,3 +222,9 @@ def create_app(state, *, load: bool = False, on_load_failure: Callable[[], None]
                                    openai_compat.chat_chunk, chat=True)
 
     return app
+
+
+def _partial(hits) -> dict:
+    """`{"partial": {"left_out": [...]}}` for hits a sharded search answered without some shard, else {}."""
+    left_out = getattr(hits, "left_out", None)
+    return {"partial": {"left_out": left_out}} if left_out else {}

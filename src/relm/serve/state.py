@@ -38,6 +38,14 @@ def hit_row(hit) -> dict[str, Any]:
     return row
 
 
+
+class HitRows(list):
+    """One query's hits as dicts, and `left_out`: the shards a partial search left out (empty: none)."""
+
+    def __init__(self, rows, left_out: list[str]):
+        super().__init__(rows)
+        self.left_out = list(left_out)
+
 class ServerState:
     """See the module docstring. `datastore` and `lm` may be given already open (tests, notebooks)."""
 
@@ -147,12 +155,16 @@ class ServerState:
     def ds(self):
         return self.retrievers[self.primary].ds
 
-    def search_rows(self, key: tuple[str, Any], texts: list[str]) -> list[list[dict]]:
-        """One retriever call for a batch: hits per text as JSON-ready dicts (NaN metadata as null)."""
+    def search_rows(self, key: tuple[str, Any], texts: list[str]) -> list[HitRows]:
+        """One retriever call for a batch: hits per text as JSON-ready dicts (NaN metadata as null), each
+        list carrying the shards the search left out (`retrieval.partial`; empty: the answer is whole)."""
+        from ..retrieval import partial
+
         kind, opts = key
         self.refresh()
-        results = self.retriever(kind).search(texts, opts)
-        return [[hit_row(h) for h in hits] for hits in results]
+        with partial.recording() as left_out:
+            results = self.retriever(kind).search(texts, opts)
+        return [HitRows((hit_row(h) for h in hits), left_out) for hits in results]
 
     # -- reporting ----------------------------------------------------------------------------------
     def cache_stats(self) -> tuple[int, int, int | None]:
