@@ -8,6 +8,8 @@ the 10% sample, read back: the encoder inputs exactly):
   torch      relm's encoder, --encoder-backend torch
   onnx       --encoder-backend onnx (ONNX Runtime fp32)
   onnx-int8  --encoder-backend onnx-int8 (dynamic int8)
+  openvino   --encoder-backend openvino (OpenVINO fp32)
+  openvino-bf16  --encoder-backend openvino-bf16 (OpenVINO, bf16 arithmetic on AMX / AVX512-BF16)
 
 Each round encodes all passages with every encoder, in a rotated order; CPU seconds (process time, one
 thread) and wall seconds are recorded per (round, encoder); the medians and each encoder's ratio to raw
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--datastore", type=Path, required=True, help="a relm datastore whose passages are encoded")
     ap.add_argument("--passages", type=int, default=256, help="a seeded sample of this many passages")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--encoders", default="raw,torch,onnx,onnx-int8")
+    ap.add_argument("--encoders", default="raw,torch,onnx,onnx-int8,openvino,openvino-bf16")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     ds = Datastore.open(args.datastore)
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for n, s in summary.items():
-        print(f"{n:10s} {s['passages_per_cpu_s']:6.1f} passages/CPU-s  x{s['speedup_vs_raw_cpu'] or 0:.2f} CPU "
+        print(f"{n:14s} {s['passages_per_cpu_s']:6.1f} passages/CPU-s  x{s['speedup_vs_raw_cpu'] or 0:.2f} CPU "
               f"x{s['speedup_vs_raw_wall'] or 0:.2f} wall vs raw  cosine mean {s['cosine_to_raw_mean']:.4f} "
               f"min {s['cosine_to_raw_min']:.4f}")
     return 0

@@ -34,7 +34,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_backend_is_checked():
-    with pytest.raises(ConfigError, match="--encoder-backend must be one of torch, onnx, onnx-int8"):
+    with pytest.raises(ConfigError, match="--encoder-backend must be one of torch, onnx, onnx-int8, openvino"):
         EncoderConfig(backend="tensorrt")
     # a config saved before backends existed was run by torch
     assert EncoderConfig.from_dict({"model": "m"}).backend == "torch"
@@ -72,6 +72,35 @@ def test_onnx_backends_match_torch_and_export_once(tiny_bert, cache, monkeypatch
     assert len({i["fingerprint"] for i in ids.values()}) == 1  # one source model
     assert ids["onnx-int8"]["quantization"]["weight_type"] == "QInt8" and ids["onnx"]["quantization"] is None
     assert ids["onnx"]["runtime"].startswith("onnxruntime")
+
+
+def test_openvino_backends_match_torch_and_convert_once(tiny_bert, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    from relm.encoders import openvino
+
+    torch_enc = load_encoder(EncoderConfig(model=str(tiny_bert)))
+    ref = torch_enc.encode(TEXTS)
+    fp32 = load_encoder(EncoderConfig(model=str(tiny_bert), backend="openvino"))
+    np.testing.assert_allclose(fp32.encode(TEXTS), ref, atol=1e-4)
+    np.testing.assert_allclose(fp32.encode(TEXTS[::-1], batch_size=2)[::-1], fp32.encode(TEXTS), atol=1e-5)
+    (ir,) = (cache / "encoders").glob("*/openvino")
+    export = json.loads((ir / "export.json").read_text())
+    assert export["max_abs_diff_vs_torch"] < openvino.EXPORT_ATOL and (ir / "model.bin").exists()
+    ident = fp32.identity()
+    assert ident["backend"] == "openvino" and ident["runtime"].startswith("openvino")
+    assert ident["fingerprint"] == torch_enc.fingerprint() and fp32.export["precision"] == "f32"
+
+    def no_convert(*a, **k):
+        raise AssertionError("converted again")
+    monkeypatch.setattr(openvino, "_convert", no_convert)  # both backends compile the one cached IR
+    if "BF16" not in openvino.cpu_capabilities():
+        with pytest.raises(ConfigError, match="no bf16 units"):
+            load_encoder(EncoderConfig(model=str(tiny_bert), backend="openvino-bf16"))
+        return
+    bf16 = load_encoder(EncoderConfig(model=str(tiny_bert), backend="openvino-bf16"))
+    got = bf16.encode(TEXTS)
+    assert bf16.export["precision"] == "bf16" and bf16.identity()["quantization"]["precision"] == "bf16"
+    assert np.min(np.sum(got * ref, axis=1)) > 0.99 and not np.array_equal(got, ref)  # bf16 arithmetic
 
 
 def test_onnx_backend_refuses_a_gpu(tiny_bert, cache):
@@ -170,12 +199,12 @@ def test_cli_build_and_search_take_the_backend(tiny_bert, cache, small_corpus, t
 
 @pytest.mark.slow
 def test_minilm_int8_is_within_the_quality_bar(encoder):
-    """all-MiniLM-L6-v2: each ONNX backend's embeddings vs torch fp32, mean cosine >= 0.99."""
+    """all-MiniLM-L6-v2: each backend's embeddings vs torch fp32, mean cosine >= 0.99."""
     from relm.encoders.compat import PROBE_TEXTS
 
     texts = list(PROBE_TEXTS) + TEXTS
     ref = encoder.encode(texts)
-    for backend, bar in (("onnx", 0.9999), ("onnx-int8", 0.99)):
+    for backend, bar in (("onnx", 0.9999), ("onnx-int8", 0.99), ("openvino", 0.9999), ("openvino-bf16", 0.999)):
         got = load_encoder(EncoderConfig(backend=backend)).encode(texts)
         assert np.mean(np.sum(got * ref, axis=1)) >= bar, backend
 

@@ -46,11 +46,12 @@ def register(sub) -> None:
                    help="sentence-transformers model name/dir, or a local HF encoder dir (mean pooling)")
     p.add_argument("--no-normalize", action="store_true", help="store raw (not unit-length) embeddings")
     p.add_argument("--max-seq-length", type=int, help="encoder truncation in tokens (default: the model's)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; the onnx backends: cpu)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available; the onnx and openvino backends: cpu)")
     p.add_argument("--encoder-backend", choices=ENCODER_BACKENDS, default=DEFAULT_ENCODER_BACKEND,
-                   help="run the encoder with torch, or ONNX Runtime in fp32 (onnx) or dynamically quantized int8 "
-                        "(onnx-int8; CPU only, files exported once into $RELM_CACHE/encoders). Recorded in the "
-                        "manifest: queries are embedded with the same backend")
+                   help="run the encoder with torch; ONNX Runtime in fp32 (onnx) or dynamically quantized int8 "
+                        "(onnx-int8); or OpenVINO in fp32 (openvino) or bf16 arithmetic (openvino-bf16, on CPUs "
+                        "with AMX or AVX512-BF16). The others are CPU only, files made once into "
+                        "$RELM_CACHE/encoders. Recorded in the manifest: queries are embedded with the same backend")
     p.add_argument("--batch-size", type=int, default=BuildConfig.batch_size, help="encoder batch size")
     p.add_argument("--shard-size", type=int, default=BuildConfig.shard_size,
                    help="passages per embedding shard (the unit of resumption)")

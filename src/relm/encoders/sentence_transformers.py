@@ -60,12 +60,12 @@ class SentenceTransformerEncoder:
 
         self.config = config
         self.name = config.model
-        # ONNX Runtime's CPU build runs the onnx backends: they default to the CPU even beside a GPU
+        # ONNX Runtime's CPU build and OpenVINO's CPU plugin run the other backends: the CPU even beside a GPU
         self.device = ("cpu" if config.backend != "torch" and config.device in (None, "auto")
                        else pick_device(config.device))
         if config.backend != "torch" and self.device != "cpu":
-            raise ConfigError(f"--encoder-backend {config.backend} runs on the CPU (onnxruntime's CPU build); "
-                              f"on {self.device} use --encoder-backend torch")
+            raise ConfigError(f"--encoder-backend {config.backend} runs on the CPU (onnxruntime's CPU build, "
+                              f"OpenVINO's CPU plugin); on {self.device} use --encoder-backend torch")
         path = resolve_model_path(config.model)
         try:
             # a directory without modules.json is a plain HF encoder: sentence-transformers wraps it
@@ -83,7 +83,9 @@ class SentenceTransformerEncoder:
         self._path = path
         self.backend = config.backend
         self.runtime = _runtime(self.backend)
-        if self.backend != "torch":
+        if self.backend.startswith("openvino"):
+            self._use_openvino()
+        elif self.backend != "torch":
             self._use_onnx()
         elif self.device.startswith("cuda") and config.half_precision:
             self.model.half()
@@ -93,6 +95,16 @@ class SentenceTransformerEncoder:
         self.pooling = _pooling_mode(self.model)
         # the truncation side is tokenizer state, read when a batch is tokenized: one encode at a time
         self._lock = threading.Lock()
+
+    def _use_openvino(self) -> None:
+        """Run the transformer with OpenVINO (IR converted once into relm's cache, then reused)."""
+        import torch
+
+        from . import openvino
+
+        openvino.require_openvino(self.backend)
+        directory = openvino.ensure_ir(self.model, self.name, self.fingerprint())
+        self.export = openvino.use_openvino(self.model, directory, self.backend, threads=torch.get_num_threads())
 
     def _use_onnx(self) -> None:
         """Run the transformer with ONNX Runtime (files exported once into relm's cache, then reused)."""
@@ -175,7 +187,7 @@ def _runtime(backend: str) -> str:
     """What computes the embeddings, with its version (recorded, not compared)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    dist = "torch" if backend == "torch" else "onnxruntime"
+    dist = "torch" if backend == "torch" else "openvino" if backend.startswith("openvino") else "onnxruntime"
     try:
         return f"{dist} {version(dist)}"
     except PackageNotFoundError:
@@ -183,6 +195,8 @@ def _runtime(backend: str) -> str:
 
 
 def _quantization(backend: str) -> dict[str, Any] | None:
+    if backend == "openvino-bf16":
+        return {"method": "inference precision", "precision": "bf16"}  # weights stay fp32; bf16 arithmetic
     if backend != "onnx-int8":
         return None
     from .onnx import QUANTIZATION
