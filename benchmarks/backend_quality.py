@@ -14,7 +14,8 @@ Bars: mean cosine >= 0.99, |nDCG@10 - torch| <= 0.01, mean top-10 overlap >= 0.9
     OMP_NUM_THREADS=2 python benchmarks/backend_quality.py          # ~20 min on 2 cores, most of it building
 
 Datastores are cached under --work (benchmarks/.cache/backends) and reused when their flags match.
-Results: benchmarks/results/backend_quality.json and a table in benchmarks/README.md.
+Results: benchmarks/results/backend_quality.json (rows of backends not rerun are kept, when measured
+against a torch build of the same passages) and a table in benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -104,9 +105,15 @@ def main(argv=None) -> int:
         })
         say(f"{b}: cosine mean {cos.mean():.4f} min {cos.min():.4f}; nDCG@10 {rows[b]['ndcg10_minus_torch']:+.4f}; "
             f"top-10 overlap test {test_overlap.mean():.3f} train {train_overlap.mean():.3f}")
+    # backends measured in an earlier run against the same torch build are kept beside this run's
+    earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
+    kept = {b: r for b, r in earlier.get("backends", {}).items()
+            if b not in rows and earlier.get("passages") == len(ref) and earlier.get("build_flags") == FLAGS}
+    for r in rows.values():
+        r["date"] = time.strftime("%Y-%m-%d")
     report = {"benchmark": "backend_quality", "date": time.strftime("%Y-%m-%d"), "collection": "SciFact test",
               "passages": len(ref), "test_queries": len(qids), "train_queries": len(train_texts),
-              "encoder": ref.manifest["encoder"]["model"], "build_flags": FLAGS, "backends": rows}
+              "encoder": ref.manifest["encoder"]["model"], "build_flags": FLAGS, "backends": {**rows, **kept}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))

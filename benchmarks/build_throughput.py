@@ -186,19 +186,20 @@ def summarize(size: str, raws: list[dict], builds: dict[str, list[dict]], agreem
     n, w = first["passages"], first["words"]
     assert all(r["passages"] == n for r in raws), "raw and relm must encode the same passages"
     a = [r["passages"] / r["encode_s"] for r in raws]
+    med = (lambda xs: statistics.median(xs) if xs else None)  # noqa: E731 (no raw run: no ratio)
     backends = {}
     for backend, runs in builds.items():
         assert all(r["passages"] == n for r in runs), "every backend builds the same passages"
         b = [r["passages"] / r["wall_s"] for r in runs]
-        ratios = [bb / aa for aa, bb in zip(a, b, strict=True)]  # pair by pair: robust to drift
+        ratios = [bb / aa for aa, bb in zip(a, b, strict=False)]  # pair by pair: robust to drift
         # the same ratio in CPU seconds (encode call vs whole relm process): less sensitive to a busy machine
-        cpu_ratios = [r["encode_cpu_s"] / m["cpu_s"] for r, m in zip(raws, runs, strict=True)]
+        cpu_ratios = [r["encode_cpu_s"] / m["cpu_s"] for r, m in zip(raws, runs, strict=False)]
         backends[backend] = {
             "relm_build_passages_per_s": statistics.median(b),
             "relm_build_words_per_s": statistics.median(b) * w / n,
-            "ratio_to_raw": statistics.median(ratios),
+            "ratio_to_raw": med(ratios),
             "ratio_to_raw_runs": ratios,
-            "ratio_to_raw_cpu": statistics.median(cpu_ratios),
+            "ratio_to_raw_cpu": med(cpu_ratios),
             "ratio_to_raw_cpu_runs": cpu_ratios,
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
             "peak_rss_mb_runs": [r["peak_rss_mb"] for r in runs],
@@ -215,9 +216,9 @@ def summarize(size: str, raws: list[dict], builds: dict[str, list[dict]], agreem
         "pairs": len(raws),
         "load_median": statistics.median([r["load_before"] for r in raws]
                                          + [r["load_before"] for runs in builds.values() for r in runs]),
-        "raw_encode_passages_per_s": statistics.median(a),
-        "raw_encode_words_per_s": statistics.median(a) * w / n,
-        "raw_peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in raws),
+        "raw_encode_passages_per_s": med(a),
+        "raw_encode_words_per_s": med(a) and med(a) * w / n,
+        "raw_peak_rss_mb": med([r["peak_rss_mb"] for r in raws]),
         "bytes_beyond_text_per_passage": first["bytes_beyond_text_per_passage"],
         "bytes_beyond_text_breakdown_per_passage": first["bytes_beyond_text_breakdown_per_passage"],
         # what each passage costs (vector + text offset + document index), apart from per-document records
@@ -236,14 +237,26 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         for i, (backend, b) in enumerate(r["backends"].items()):
             cos = f"{b['cosine_mean']:.4f} / {b['cosine_min']:.4f}" if "cosine_mean" in b else "1"
+            raw = "not run" if r["raw_encode_passages_per_s"] is None else f"{r['raw_encode_passages_per_s']:.1f}"
+            ratio = "" if b["ratio_to_raw"] is None else f"{b['ratio_to_raw']:.2f} ({b['ratio_to_raw_cpu']:.2f})"
+            raw_rss = "" if r["raw_peak_rss_mb"] is None else f" ({r['raw_peak_rss_mb']:.0f})"
             lines.append(
                 f"| {r['size'] if i == 0 else ''} | {r['passages']:,} | {r['load_median']:.1f} "
-                f"| {r['raw_encode_passages_per_s']:.1f} | {backend} | {b['relm_build_passages_per_s']:.1f} "
-                f"| {b['relm_build_words_per_s']:,.0f} | {b['ratio_to_raw']:.2f} ({b['ratio_to_raw_cpu']:.2f}) "
-                f"| {b['peak_rss_mb']:.0f} ({r['raw_peak_rss_mb']:.0f}) | {cos} "
+                f"| {raw} | {backend} | {b['relm_build_passages_per_s']:.1f} "
+                f"| {b['relm_build_words_per_s']:,.0f} | {ratio} "
+                f"| {b['peak_rss_mb']:.0f}{raw_rss} | {cos} "
                 f"| {b['bytes_beyond_text_per_passage']:.1f} |"
             )
     return "\n".join(lines)
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def main() -> None:
@@ -260,6 +273,9 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.1)
     p.add_argument("--backends", default="torch,onnx,onnx-int8", help="relm build --encoder-backend values")
     p.add_argument("--runs", type=int, default=1, help="pairs (raw + one build per backend) for the full corpus")
+    p.add_argument("--full-backends", help="backends built on the full corpus (default: --backends; torch first)")
+    p.add_argument("--no-full-raw", action="store_true",
+                   help="skip the raw encode on the full corpus (builds only: their RSS against the sample's)")
     p.add_argument("--sample-runs", type=int, default=3, help="pairs for the sample (cheaper, so more)")
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads of every process")
     p.add_argument("--batch-size", type=int, default=64)
@@ -285,11 +301,13 @@ def main() -> None:
             load_encoder(EncoderConfig(backend=b))
         for size in args.sizes.split(","):
             runs = args.sample_runs if size == "sample" else args.runs
-            raws, builds = [], {b: [] for b in backends}
-            out = {b: tmp / f"ds-{size}-{b}" for b in backends}
+            sized = backends if size == "sample" or not args.full_backends else args.full_backends.split(",")
+            with_raw = size == "sample" or not args.no_full_raw
+            raws, builds = [], {b: [] for b in sized}
+            out = {b: tmp / f"ds-{size}-{b}" for b in sized}
             for i in range(runs):
                 # the order rotates pair by pair, so a drift of the machine's load spreads over all of them
-                jobs = ["raw", *backends]
+                jobs = ["raw", *sized] if with_raw else list(sized)
                 jobs = jobs[i % len(jobs):] + jobs[: i % len(jobs)]
                 if i == 0:  # the raw encode reads the torch build's passages
                     jobs = [j for j in jobs if j != "raw"] + ["raw"]
@@ -300,7 +318,7 @@ def main() -> None:
                         raws.append(raw_encode(out["torch"], args.batch_size))
                     else:
                         builds[job].append(relm_build(corpora[size], out[job], args.batch_size, job))
-            agreement = {b: embedding_agreement(out[b], out["torch"]) for b in backends[1:]}
+            agreement = {b: embedding_agreement(out[b], out["torch"]) for b in sized[1:]}
             rows.append(summarize(f"{size} ({args.fraction:.0%})" if size == "sample" else size, raws, builds,
                                   agreement))
     import platform
@@ -312,7 +330,8 @@ def main() -> None:
         "benchmark": "build_throughput",
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
-                    "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+                    "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                    "openvino": _version("openvino")},
         "encoder": "all-MiniLM-L6-v2 (max_seq_length 256)",
         "batch_size": args.batch_size,
         "chunking": "relm build defaults: 256 words within the encoder's 254 text tokens, tail < 32 merged",
