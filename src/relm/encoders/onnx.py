@@ -107,7 +107,7 @@ def _publish(out: Path, make) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         if not (out / EXPORT_JSON).exists():
             raise
-    log.info("ONNX encoder files ready in %s (%.1f s)", out, info["seconds"])
+    log.info("%s encoder files ready in %s (%.1f s)", info.get("backend", "converted"), out, info["seconds"])
     return out
 
 
