@@ -309,7 +309,7 @@ def main() -> None:
                 # the order rotates pair by pair, so a drift of the machine's load spreads over all of them
                 jobs = ["raw", *sized] if with_raw else list(sized)
                 jobs = jobs[i % len(jobs):] + jobs[: i % len(jobs)]
-                if i == 0:  # the raw encode reads the torch build's passages
+                if i == 0 and with_raw:  # the raw encode reads the torch build's passages
                     jobs = [j for j in jobs if j != "raw"] + ["raw"]
                 for job in jobs:
                     print(f"[{size}] pair {i + 1}/{runs}: {job} (load {os.getloadavg()[0]:.1f}) ...",
