@@ -318,9 +318,20 @@ def main() -> None:
                         raws.append(raw_encode(out["torch"], args.batch_size))
                     else:
                         builds[job].append(relm_build(corpora[size], out[job], args.batch_size, job))
+                    # every finished run on the log too: a run killed later still leaves its figures
+                    done = raws[-1] if job == "raw" else builds[job][-1]
+                    print(json.dumps({"size": size, "pair": i + 1, "job": job,
+                                      **{k: v for k, v in done.items() if k != "stats"}}), file=sys.stderr, flush=True)
             agreement = {b: embedding_agreement(out[b], out["torch"]) for b in sized[1:]}
             rows.append(summarize(f"{size} ({args.fraction:.0%})" if size == "sample" else size, raws, builds,
                                   agreement))
+            save(args, rows)  # after each size, so that the sample's rows survive a full run cut short
+    print(table(rows))
+    write_readme_table("build_throughput", table(rows))
+    print(f"saved {args.out}", file=sys.stderr)
+
+
+def save(args: argparse.Namespace, rows: list[dict]) -> None:
     import platform
 
     import onnxruntime
@@ -339,9 +350,6 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(rows))
-    write_readme_table("build_throughput", table(rows))
-    print(f"saved {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
