@@ -103,6 +103,41 @@ def test_openvino_backends_match_torch_and_convert_once(tiny_bert, cache, monkey
     assert np.min(np.sum(got * ref, axis=1)) > 0.99 and not np.array_equal(got, ref)  # bf16 arithmetic
 
 
+def test_openvino_int8_is_quantized_once_from_the_shipped_calibration_set(tiny_bert, cache, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from relm.encoders import openvino
+
+    assert len(openvino.calibration_texts()) >= 64  # the packaged file, read without the shared corpus
+    ref = load_encoder(EncoderConfig(model=str(tiny_bert))).encode(TEXTS)
+    # a quantization too far from torch is refused, and leaves nothing in the cache
+    with monkeypatch.context() as m, pytest.raises(ConfigError, match="too far from torch"):
+        m.setattr(openvino, "INT8_MIN_COSINE", 1.01)
+        load_encoder(EncoderConfig(model=str(tiny_bert), backend="openvino-int8"))
+    assert [p.name for p in (cache / "encoders").glob("*/*")] == ["openvino"]  # the fp32 IR it started from
+
+    int8 = load_encoder(EncoderConfig(model=str(tiny_bert), backend="openvino-int8"))
+    got = int8.encode(TEXTS)
+    assert np.min(np.sum(got * ref, axis=1)) > 0.95 and not np.allclose(got, ref, atol=1e-4)  # int8 arithmetic
+    (q,) = (cache / "encoders").glob("*/openvino-int8-*")
+    export = json.loads((q / "export.json").read_text())
+    assert export["mean_cosine_vs_torch_on_calibration"] >= openvino.INT8_MIN_COSINE
+    assert export["calibration_passages"] == len(openvino.calibration_texts())
+    assert q.name.endswith(openvino.int8_key())
+    # the IR holds int8 weights: FakeQuantize (activations) and int8 constants (weights)
+    xml = (q / "model.xml").read_text()
+    assert "FakeQuantize" in xml and 'element_type="i8"' in xml
+    ident = int8.identity()
+    assert ident["backend"] == "openvino-int8" and ident["quantization"]["key"] == openvino.int8_key()
+
+    def no_quantize(*a, **k):
+        raise AssertionError("quantized again")
+    monkeypatch.setattr(openvino, "_quantize", no_quantize)
+    monkeypatch.setattr(openvino, "_convert", no_quantize)
+    np.testing.assert_array_equal(load_encoder(EncoderConfig(model=str(tiny_bert), backend="openvino-int8"))
+                                  .encode(TEXTS), got)
+
+
 def test_onnx_backend_refuses_a_gpu(tiny_bert, cache):
     with pytest.raises(ConfigError, match="runs on the CPU"):
         load_encoder(EncoderConfig(model=str(tiny_bert), backend="onnx", device="cuda"))

@@ -16,8 +16,9 @@ OnError = Literal["raise", "skip"]
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 # how the encoder runs: torch (sentence-transformers as loaded), onnx (the same graph exported to ONNX
-# Runtime, fp32) or onnx-int8 (that graph with dynamically quantized int8 weights); see relm.encoders.onnx
-ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+# Runtime, fp32) or onnx-int8 (that graph with dynamically quantized int8 weights), see relm.encoders.onnx;
+# openvino (fp32), openvino-bf16 (bf16 arithmetic) or openvino-int8 (static int8), see relm.encoders.openvino
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 DEFAULT_ENCODER_BACKEND = "torch"
 DEFAULT_TOKENIZER = "smollm2"
 

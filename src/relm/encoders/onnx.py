@@ -98,7 +98,11 @@ def _publish(out: Path, make) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
-    info = make(tmp)
+    try:
+        info = make(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed (or interrupted) export leaves nothing behind
+        raise
     info["seconds"] = round(time.perf_counter() - t0, 2)
     write_json_atomic(tmp / EXPORT_JSON, info)
     try:
@@ -159,7 +163,9 @@ def _export_fp32(st_model, tmp: Path) -> dict[str, Any]:
         raw.replace(tmp / ONNX_FILE)
     else:
         raw.unlink()
-    max_diff = _check_against_torch(st_model, tmp / ONNX_FILE, names)
+    session = make_session(tmp / ONNX_FILE, threads=1)
+    max_diff = max_diff_to_torch(
+        st_model, names, lambda inputs: session.run(None, {k: v.numpy().astype(np.int64) for k, v in inputs.items()})[0])
     if max_diff > EXPORT_ATOL:
         raise ConfigError(f"the ONNX export of this encoder differs from torch by {max_diff:.2g} (> {EXPORT_ATOL}); "
                           "use --encoder-backend torch")
@@ -196,12 +202,17 @@ def _quantize(fp32_dir: Path, tmp: Path) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def _check_against_torch(st_model, path: Path, names: list[str]) -> float:
+def max_diff_to_torch(st_model, names: list[str], run) -> float:
+    """The largest |difference| of `run`'s hidden states to the torch model's on `CHECK_TEXTS`.
+
+    `run` takes the tokenized features (input name -> int64 tensor) and returns `last_hidden_state` as
+    an array: the exported graph of whichever runtime, checked once before it is published.
+    """
     features = st_model.tokenizer(list(CHECK_TEXTS), padding=True, truncation=True, return_tensors="pt")
+    inputs = {k: features[k] for k in names}
     with torch.inference_mode():
-        ref = st_model[0].auto_model(**{k: features[k] for k in names}).last_hidden_state.float().numpy()
-    session = make_session(path, threads=1)
-    got = session.run(None, {k: features[k].numpy().astype(np.int64) for k in names})[0]
+        ref = st_model[0].auto_model(**inputs).last_hidden_state.float().numpy()
+    got = np.asarray(run(inputs))
     mask = features["attention_mask"].numpy().astype(bool)  # padded positions are pooled away: not compared
     return float(np.abs(got - ref)[mask].max())
 

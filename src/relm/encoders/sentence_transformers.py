@@ -103,7 +103,7 @@ class SentenceTransformerEncoder:
         from . import openvino
 
         openvino.require_openvino(self.backend)
-        directory = openvino.ensure_ir(self.model, self.name, self.fingerprint())
+        directory = openvino.ensure_ir(self.model, self.name, self.fingerprint(), self.backend)
         self.export = openvino.use_openvino(self.model, directory, self.backend, threads=torch.get_num_threads())
 
     def _use_onnx(self) -> None:
@@ -197,6 +197,10 @@ def _runtime(backend: str) -> str:
 def _quantization(backend: str) -> dict[str, Any] | None:
     if backend == "openvino-bf16":
         return {"method": "inference precision", "precision": "bf16"}  # weights stay fp32; bf16 arithmetic
+    if backend == "openvino-int8":
+        from .openvino import INT8_SETTINGS, int8_key
+
+        return {**INT8_SETTINGS, "key": int8_key()}
     if backend != "onnx-int8":
         return None
     from .onnx import QUANTIZATION
