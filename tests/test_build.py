@@ -372,3 +372,14 @@ def test_stats_count_the_encoder_load_once(tmp_path, small_corpus, monkeypatch):
     build_datastore([small_corpus], tmp_path / "ds")
     seconds = json.loads((tmp_path / "ds" / L.STATS).read_text())["seconds"]
     assert seconds["load_encoder"] >= 0.4 and seconds["encode"] < 0.4
+
+
+def test_shard_texts_are_written_one_at_a_time_with_their_byte_offsets(tmp_path):
+    from relm.datastore.build import _write_texts
+
+    texts = ["plain", "", "ünïcödé – 字", "x" * 5000, ""]
+    offsets = _write_texts(tmp_path / "text.bin", texts)
+    data = (tmp_path / "text.bin").read_bytes()
+    assert data == "".join(texts).encode("utf-8") and offsets.dtype == np.uint64
+    assert [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(len(texts))] == texts
+    assert not list(tmp_path.glob("*.tmp*"))  # committed under its own name
