@@ -31,7 +31,7 @@ from readme_table import write_readme_table
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "backend_quality.json"
-BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16", "openvino-int8")
 FLAGS = ["--title-field", "title"]  # beir_bench's titles-new variant
 
 

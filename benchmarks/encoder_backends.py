@@ -10,6 +10,7 @@ the 10% sample, read back: the encoder inputs exactly):
   onnx-int8  --encoder-backend onnx-int8 (dynamic int8)
   openvino   --encoder-backend openvino (OpenVINO fp32)
   openvino-bf16  --encoder-backend openvino-bf16 (OpenVINO, bf16 arithmetic on AMX / AVX512-BF16)
+  openvino-int8  --encoder-backend openvino-int8 (OpenVINO, static int8 by NNCF, shipped calibration set)
 
 Each round encodes all passages with every encoder, in a rotated order; CPU seconds (process time, one
 thread) and wall seconds are recorded per (round, encoder); the medians and each encoder's ratio to raw
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--datastore", type=Path, required=True, help="a relm datastore whose passages are encoded")
     ap.add_argument("--passages", type=int, default=256, help="a seeded sample of this many passages")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--encoders", default="raw,torch,onnx,onnx-int8,openvino,openvino-bf16")
+    ap.add_argument("--encoders", default="raw,torch,onnx,onnx-int8,openvino,openvino-bf16,openvino-int8")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     ds = Datastore.open(args.datastore)
