@@ -239,7 +239,8 @@ def test_minilm_int8_is_within_the_quality_bar(encoder):
 
     texts = list(PROBE_TEXTS) + TEXTS
     ref = encoder.encode(texts)
-    for backend, bar in (("onnx", 0.9999), ("onnx-int8", 0.99), ("openvino", 0.9999), ("openvino-bf16", 0.999)):
+    for backend, bar in (("onnx", 0.9999), ("onnx-int8", 0.99), ("openvino", 0.9999), ("openvino-bf16", 0.999),
+                         ("openvino-int8", 0.99)):
         got = load_encoder(EncoderConfig(backend=backend)).encode(texts)
         assert np.mean(np.sum(got * ref, axis=1)) >= bar, backend
 
