@@ -384,3 +384,15 @@ def test_shard_texts_are_written_one_at_a_time_with_their_byte_offsets(tmp_path)
     assert data == "".join(texts).encode("utf-8") and offsets.dtype == np.uint64
     assert [data[offsets[i]:offsets[i + 1]].decode("utf-8") for i in range(len(texts))] == texts
     assert not list(tmp_path.glob("*.tmp*"))  # committed under its own name
+
+
+def test_a_shard_makes_its_titled_inputs_on_demand():
+    from relm.corpus.documents import with_title
+    from relm.datastore.build import ShardBuffer
+
+    shard = ShardBuffer(0, 0, texts=["alpha beta", "gamma", "delta"], titles=["Title", None, "  "])
+    want = [with_title(t, x) for t, x in zip(shard.titles, shard.texts)]
+    assert want == ["Title alpha beta", "gamma", "delta"]
+    inputs = shard.inputs
+    assert len(inputs) == 3 and list(inputs) == want and inputs[1:] == want[1:] and inputs[0] == want[0]
+    assert not any(isinstance(v, list) and v and v[0] == want[0] for v in vars(shard).values())  # not held
