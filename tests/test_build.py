@@ -391,7 +391,7 @@ def test_a_shard_makes_its_titled_inputs_on_demand():
     from relm.datastore.build import ShardBuffer
 
     shard = ShardBuffer(0, 0, texts=["alpha beta", "gamma", "delta"], titles=["Title", None, "  "])
-    want = [with_title(t, x) for t, x in zip(shard.titles, shard.texts)]
+    want = [with_title(t, x) for t, x in zip(shard.titles, shard.texts, strict=True)]
     assert want == ["Title alpha beta", "gamma", "delta"]
     inputs = shard.inputs
     assert len(inputs) == 3 and list(inputs) == want and inputs[1:] == want[1:] and inputs[0] == want[0]

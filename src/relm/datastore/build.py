@@ -80,8 +80,9 @@ class ShardBuffer:
 
 class TitledTexts(Sequence):
     """Passage texts with their documents' titles prepended (`with_title`), made one at a time when read.
-    Held as strings, the inputs of a shard were a second copy of its text for the whole encode (78 MB of
-    the full corpus's peak RSS, measured), so that peak RSS grew with the shard."""
+    Held as strings (`--prepend-title` builds, e.g. BEIR's), the inputs of a shard were a second copy of
+    its text for the whole encode, so that peak RSS grew with the shard. (The shared corpus is built
+    without titles: its full-corpus peak did not depend on this.)"""
 
     def __init__(self, texts: list[str], titles: list[str | None]):
         self.texts, self.titles = texts, titles
