@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..artifacts import read_json
 from ..errors import ConfigError
 from .onnx import CHECK_TEXTS, EXPORT_ATOL, EXPORT_JSON, _input_names, _publish, max_diff_to_torch, onnx_dir
 
@@ -142,20 +143,21 @@ def _quantize(st_model, fp32_dir: Path, tmp: Path) -> dict[str, Any]:
     import nncf
     import openvino as ov
 
-    info = _read_export(fp32_dir)
+    info = read_json(fp32_dir / EXPORT_JSON)
     names = info["inputs"]
     texts = calibration_texts()
-    batches = [_features(st_model, texts[i:i + CALIBRATION_BATCH], names)
+    # tokenized once: the calibration data, then the check (which also pools with the attention mask)
+    batches = [_features(st_model, texts[i:i + CALIBRATION_BATCH], [*names, "attention_mask"])
                for i in range(0, len(texts), CALIBRATION_BATCH)]
     fp32 = ov.Core().read_model(str(fp32_dir / IR_FILE))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8 = nncf.quantize(fp32, nncf.Dataset(batches, lambda f: {k: v.numpy() for k, v in f.items()}),
+        int8 = nncf.quantize(fp32, nncf.Dataset(batches, lambda f: {k: f[k].numpy() for k in names}),
                              model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
                              subset_size=len(batches))
     ov.save_model(int8, str(tmp / IR_FILE), compress_to_fp16=False)
     checker = OvTransformer(compile_ir(tmp / IR_FILE, "f32", threads=1), names, None)
-    cosine = _cosine_to_torch(st_model, names, checker, texts)
+    cosine = _cosine_to_torch(st_model, names, checker, batches)
     if cosine < INT8_MIN_COSINE:
         raise ConfigError(f"the int8 quantization of this encoder is too far from torch (mean cosine {cosine:.4f} "
                           f"< {INT8_MIN_COSINE} on the calibration texts); use --encoder-backend openvino-bf16 "
@@ -165,12 +167,6 @@ def _quantize(st_model, fp32_dir: Path, tmp: Path) -> dict[str, Any]:
             "mean_cosine_vs_torch_on_calibration": cosine}
 
 
-def _read_export(directory: Path) -> dict[str, Any]:
-    from ..artifacts import read_json
-
-    return read_json(directory / EXPORT_JSON)
-
-
 def _features(st_model, texts: list[str], names: list[str]) -> dict[str, torch.Tensor]:
     """The encoder's inputs for `texts`, tokenized as sentence-transformers does (int64 tensors)."""
     f = st_model.tokenizer(texts, padding=True, truncation=True, max_length=st_model.max_seq_length,
@@ -178,11 +174,10 @@ def _features(st_model, texts: list[str], names: list[str]) -> dict[str, torch.T
     return {k: f[k].long() for k in names}
 
 
-def _cosine_to_torch(st_model, names: list[str], runner: OvTransformer, texts: list[str]) -> float:
-    """Mean cosine of mean-pooled hidden states, `runner`'s to the torch model's, over `texts`."""
+def _cosine_to_torch(st_model, names: list[str], runner: OvTransformer, batches: list[dict]) -> float:
+    """Mean cosine of mean-pooled hidden states, `runner`'s to the torch model's, over tokenized `batches`."""
     cosines = []
-    for i in range(0, len(texts), CALIBRATION_BATCH):
-        f = _features(st_model, texts[i:i + CALIBRATION_BATCH], [*names, "attention_mask"])
+    for f in batches:
         with torch.inference_mode():
             ref = st_model[0].auto_model(**{k: f[k] for k in names}).last_hidden_state.float().numpy()
         got = runner.hidden(f)
@@ -203,7 +198,7 @@ def compile_ir(path: Path, precision: str, threads: int):
 def use_openvino(st_model, directory: Path, backend: str, threads: int) -> dict[str, Any]:
     """Swap the torch transformer inside `st_model` for the compiled IR in `directory`; returns what was
     compiled (the conversion's record, and the precision OpenVINO reports it computes in)."""
-    info = _read_export(directory)
+    info = read_json(directory / EXPORT_JSON)
     compiled = compile_ir(directory / IR_FILE, PRECISIONS[backend], threads)
     transformer = st_model[0]
     transformer.model = OvTransformer(compiled, info["inputs"], transformer.auto_model.config)
